@@ -1,0 +1,388 @@
+"""The batched Score-CAM core and its variants: tensors in, tensors out (torch only).
+
+Exact Score-CAM (Wang et al., CVPRW 2020) for images X (N, 3, H, W) and a layer with activations
+A (N, K, h, w): each channel k is upsampled to (H, W), min-max normalised into a mask M_k, and the
+model scores X * M_k. The weights w_k come from those scores and the map is ReLU(sum_k w_k A_k).
+
+Speed without approximation:
+- masked inputs are built chunk by chunk on the device from (image, channel) pairs of the whole
+  batch, ``batch_size`` masked images per forward pass, so memory is bounded by the chunk;
+- identical masks are scored once: every constant channel has the all-zero mask (one pass for the
+  whole batch), and channels whose maps are equal after min-max normalisation share one pass;
+- every pass returns all logits, so all target classes of an image come from the same passes;
+- no host syncs inside the loop; hooks only during the first, plain forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scorecam_cli.layers import LayerRef, capture, parse_layer
+
+SCORE_METHODS = ("scorecam", "faster-scorecam", "sscam", "iscam")
+GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
+METHODS = SCORE_METHODS + GRADIENT_METHODS
+WEIGHTINGS = ("softmax", "prob")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Masked images per forward pass when none is given, measured with `make bench` (see README).
+AUTO_BATCH_SIZE = {"cpu": 32, "cuda": 128}
+RANGE_EPS = 1e-7  # a channel whose upsampled range is at most this gets the all-zero mask
+MASK_LEVELS = 2**20  # masks equal at this resolution share a forward pass
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """How to compute the maps; see METHODS, WEIGHTINGS and PRECISIONS for the choices."""
+
+    method: str = "scorecam"
+    weighting: str = "softmax"
+    batch_size: int | None = None  # masked images per forward pass; None: AUTO_BATCH_SIZE
+    precision: str = "fp32"
+    share_masks: bool = True  # score identical masked inputs once (exact)
+    top_channels: int = 256  # faster-scorecam: channels kept per image, by activation variance
+    samples: int = 8  # sscam: noisy copies per mask; iscam: integration steps
+    noise_std: float = 2.0  # sscam: std of the Gaussian noise added to each mask
+    seed: int = 0  # sscam: noise seed, for repeatable maps
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """Maps and targets of a batch: maps (N, T, h, w) raw float32, the rest (N, T)."""
+
+    maps: Tensor
+    classes: Tensor
+    probabilities: Tensor
+    logits: Tensor
+    forward_passes: int  # masked images run through the model
+    forward_passes_saved: int  # masked images not run because an identical one was scored
+
+    @property
+    def layer_size(self) -> tuple[int, int]:
+        return int(self.maps.shape[-2]), int(self.maps.shape[-1])
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` in eval mode; channels_last on CUDA."""
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def compute_cams(
+    model: nn.Module,
+    layer: LayerRef | str,
+    images: Tensor,
+    classes: Tensor | Sequence[int] | None = None,
+    top_k: int = 1,
+    config: CamConfig | None = None,
+) -> CamResult:
+    """Class activation maps of ``images`` (N, 3, H, W) at ``layer`` for T classes per image.
+
+    ``classes`` is None (the top ``top_k`` classes), a sequence of T class indices for every
+    image, or an (N, T) tensor. The model must be in eval mode on the images' device. Returns raw
+    maps (N, T, h, w) at the layer's resolution; upsample them with :func:`upsample_maps`.
+    """
+    config = config or CamConfig()
+    _check_config(config)
+    ref = parse_layer(model, layer) if isinstance(layer, str) else layer
+    if config.method in GRADIENT_METHODS:
+        return _gradient_cams(model, ref, images, classes, top_k, config)
+    with torch.inference_mode(), precision_context(images.device, config.precision):
+        with capture(model, ref) as seen:
+            logits = model(_memory_format(images)).float()  # (N, C)
+        acts = seen.value().float()  # (N, K, h, w)
+        targets = _targets(logits, classes, top_k)  # (N, T)
+        scores, chosen, passes, saved = _channel_scores(model, images, acts, targets, config)
+        weights = _weights(scores, chosen, config.weighting)  # (N, K, T)
+        maps = torch.einsum("nkt,nkhw->nthw", weights, acts).relu()  # (N, T, h, w)
+    return _result(maps, targets, logits, passes, saved)
+
+
+def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=False) resize of maps (N, T, h, w) to (N, T, H, W)."""
+    return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def _check_config(config: CamConfig) -> None:
+    if config.method not in METHODS:
+        raise ValueError(f"method {config.method!r} is not one of {', '.join(METHODS)}")
+    if config.weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting {config.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision {config.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise ValueError("batch size must be at least 1")
+    if config.samples < 1 or config.top_channels < 1:
+        raise ValueError("samples and top channels must be at least 1")
+
+
+def precision_context(
+    device: torch.device, precision: str
+) -> contextlib.AbstractContextManager[None]:
+    """Autocast to ``precision`` (fp32: no autocast) for forward passes on ``device``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def _memory_format(images: Tensor) -> Tensor:
+    if images.device.type == "cuda":
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def _targets(logits: Tensor, classes: Tensor | Sequence[int] | None, top_k: int) -> Tensor:
+    """Target classes (N, T) from logits (N, C): given ones, or the top ``top_k``."""
+    n, c = logits.shape
+    if classes is None:
+        return logits.topk(min(top_k, c), dim=1).indices
+    targets = torch.as_tensor(classes, dtype=torch.long, device=logits.device)
+    if targets.ndim == 1:
+        targets = targets.expand(n, -1)  # (N, T)
+    if targets.shape[0] != n or targets.numel() == 0:
+        raise ValueError(f"classes of shape {tuple(targets.shape)} do not fit {n} images")
+    if int(targets.min()) < 0 or int(targets.max()) >= c:
+        raise ValueError(f"a target class is outside the model's {c} outputs")
+    return targets
+
+
+def _result(maps: Tensor, targets: Tensor, logits: Tensor, passes: int, saved: int) -> CamResult:
+    probabilities = logits.softmax(dim=1).gather(1, targets)
+    return CamResult(
+        maps=maps.float(),
+        classes=targets,
+        probabilities=probabilities,
+        logits=logits.gather(1, targets),
+        forward_passes=passes,
+        forward_passes_saved=saved,
+    )
+
+
+def _chosen_channels(acts: Tensor, config: CamConfig) -> Tensor:
+    """Channels (N, K) bool that take part: all, or the top-N by variance (faster-scorecam)."""
+    n, k = acts.shape[:2]
+    if config.method != "faster-scorecam" or config.top_channels >= k:
+        return torch.ones(n, k, dtype=torch.bool, device=acts.device)
+    top = acts.flatten(2).var(dim=2).topk(config.top_channels, dim=1).indices  # (N, top)
+    return torch.zeros(n, k, dtype=torch.bool, device=acts.device).scatter_(1, top, True)
+
+
+def _channel_scores(
+    model: nn.Module, images: Tensor, acts: Tensor, targets: Tensor, config: CamConfig
+) -> tuple[Tensor, Tensor, int, int]:
+    """Score of each chosen channel's masked input for each target: (N, K, T).
+
+    Returns the scores, the chosen channels (N, K), passes run and passes saved.
+    """
+    n, k = acts.shape[:2]
+    chosen = _chosen_channels(acts, config)  # (N, K)
+    flat = acts.flatten(2)  # (N, K, h*w)
+    low, high = flat.amin(dim=2), flat.amax(dim=2)  # (N, K)
+    varying = chosen & ((high - low) > RANGE_EPS)  # (N, K)
+    noisy = config.method == "sscam"
+    # Noisy masks are never identical, so sscam scores every chosen channel.
+    todo = chosen if noisy else varying
+    pairs = todo.nonzero()  # (P, 2) image, channel; the one host sync, before the loop
+    if config.share_masks and not noisy and len(pairs):
+        unique, inverse = _unique_masks(flat, low, high, pairs)
+    else:
+        unique, inverse = pairs, None
+    score_of = _score_function(targets, config.weighting)
+    samples = config.samples if config.method in ("sscam", "iscam") else 1
+    needs_zero = bool((chosen & ~todo).any())
+    scores = torch.zeros(n, k, targets.shape[1], device=acts.device)  # (N, K, T)
+    if needs_zero:
+        zero_logits = model(_memory_format(torch.zeros_like(images[:1]))).float()  # (1, C)
+        scores[:] = score_of(zero_logits.expand(n, -1), torch.arange(n, device=acts.device))[
+            :, None, :
+        ]
+    unique_scores = _masked_scores(model, images, acts, unique, score_of, config)  # (U, T)
+    pair_scores = unique_scores if inverse is None else unique_scores[inverse]  # (P, T)
+    scores[pairs[:, 0], pairs[:, 1]] = pair_scores
+    passes = len(unique) * samples + int(needs_zero)
+    saved = int(chosen.sum()) * samples - passes
+    return scores, chosen, passes, saved
+
+
+def _unique_masks(flat: Tensor, low: Tensor, high: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
+    """Pairs whose normalised maps are distinct within their image, and each pair's unique index.
+
+    Two channels of one image with A_j = a * A_i + b (a > 0) have the same min-max normalised
+    upsampled mask (bilinear upsampling is linear), so their masked inputs are identical.
+    """
+    img, ch = pairs[:, 0], pairs[:, 1]
+    span = (high - low)[img, ch, None]  # (P, 1)
+    normalised = (flat[img, ch] - low[img, ch, None]) / span  # (P, h*w) in [0, 1]
+    levels = torch.round(normalised * MASK_LEVELS).long()
+    keys = torch.cat([img[:, None], levels], dim=1)  # (P, 1 + h*w)
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)  # (P,)
+    count = int(inverse.max()) + 1
+    first = torch.full((count,), len(pairs), device=pairs.device, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(pairs), device=pairs.device), "amin")
+    return pairs[first], inverse
+
+
+ScoreFunction = Callable[[Tensor, Tensor], Tensor]
+
+
+def _score_function(targets: Tensor, weighting: str) -> ScoreFunction:
+    """Turn logits (B, C) of masked inputs of images ``img`` (B,) into target scores (B, T)."""
+
+    def score(logits: Tensor, img: Tensor) -> Tensor:
+        values = logits.float()
+        if weighting == "prob":
+            values = values.softmax(dim=1)
+        return values.gather(1, targets[img])
+
+    return score
+
+
+def _masked_scores(
+    model: nn.Module,
+    images: Tensor,
+    acts: Tensor,
+    pairs: Tensor,
+    score_of: ScoreFunction,
+    config: CamConfig,
+) -> Tensor:
+    """Scores (P, T) of the masked inputs of (image, channel) ``pairs`` (P, 2), chunk by chunk."""
+    per_pair = config.samples if config.method in ("sscam", "iscam") else 1
+    generator = _noise_generator(images.device, config)
+
+    def score_chunk(start: int, end: int) -> Tensor:
+        part = pairs[start:end]  # (B, 2)
+        inputs = _masked_inputs(images, acts, part, config, generator)  # (B*S, 3, H, W)
+        logits = model(_memory_format(inputs))  # (B*S, C)
+        img = part[:, 0].repeat_interleave(per_pair)  # (B*S,)
+        return score_of(logits, img).view(len(part), per_pair, -1).mean(dim=1)  # (B, T)
+
+    batch = config.batch_size or auto_batch_size(images.device)
+    return map_in_chunks(score_chunk, len(pairs), max(1, batch // per_pair), images.device)
+
+
+def auto_batch_size(device: torch.device) -> int:
+    """Images per forward pass when none is given (AUTO_BATCH_SIZE, measured per device type)."""
+    return AUTO_BATCH_SIZE.get(device.type, 32)
+
+
+def map_in_chunks(
+    fn: Callable[[int, int], Tensor], count: int, chunk: int, device: torch.device
+) -> Tensor:
+    """Stack ``fn(start, end)`` (end - start, ...) over ``range(count)`` in chunks of ``chunk``.
+
+    The one batching loop of the project: results go into one preallocated tensor on ``device``
+    (no host syncs); on CUDA out-of-memory the chunk is halved and the same chunk retried.
+    """
+    out: Tensor | None = None
+    start = 0
+    while start < count:
+        end = min(start + chunk, count)
+        try:
+            part = fn(start, end)
+        except torch.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            chunk = max(1, chunk // 2)
+            torch.cuda.empty_cache()
+            continue
+        if out is None:
+            out = torch.empty((count, *part.shape[1:]), dtype=part.dtype, device=device)
+        out[start:end] = part
+        start = end
+    return out if out is not None else torch.empty(0, 1, device=device)
+
+
+def _noise_generator(device: torch.device, config: CamConfig) -> torch.Generator | None:
+    if config.method != "sscam":
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    return generator
+
+
+def _masked_inputs(
+    images: Tensor,
+    acts: Tensor,
+    pairs: Tensor,
+    config: CamConfig,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Masked images (B * S, 3, H, W) for pairs (B, 2); S = 1 for exact Score-CAM."""
+    img, ch = pairs[:, 0], pairs[:, 1]
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    masks = upsample_maps(acts[img, ch][:, None], size)  # (B, 1, H, W)
+    low = masks.amin(dim=(2, 3), keepdim=True)
+    span = masks.amax(dim=(2, 3), keepdim=True) - low  # (B, 1, 1, 1)
+    masks = torch.where(span > RANGE_EPS, (masks - low) / span.clamp_min(RANGE_EPS), 0.0)
+    if config.method == "iscam":
+        steps = torch.arange(1, config.samples + 1, device=masks.device) / config.samples
+        masks = (masks[:, None] * steps.view(1, -1, 1, 1, 1)).flatten(0, 1)  # (B*S, 1, H, W)
+    elif config.method == "sscam":
+        masks = masks.repeat_interleave(config.samples, dim=0)  # (B*S, 1, H, W)
+        noise = torch.randn(masks.shape, device=masks.device, generator=generator)
+        masks = masks + config.noise_std * noise
+    repeats = masks.shape[0] // len(pairs)
+    return images[img].repeat_interleave(repeats, dim=0) * masks  # (B*S, 3, H, W)
+
+
+def _weights(scores: Tensor, chosen: Tensor, weighting: str) -> Tensor:
+    """Channel weights (N, K, T) from scores (N, K, T); unchosen channels weigh 0."""
+    mask = chosen[:, :, None]
+    if weighting == "softmax":
+        return scores.masked_fill(~mask, float("-inf")).softmax(dim=1)
+    return scores * mask
+
+
+def _gradient_cams(
+    model: nn.Module,
+    ref: LayerRef,
+    images: Tensor,
+    classes: Tensor | Sequence[int] | None,
+    top_k: int,
+    config: CamConfig,
+) -> CamResult:
+    """Grad-CAM, Grad-CAM++ and LayerCAM: one forward and one backward pass per target."""
+    with torch.enable_grad(), precision_context(images.device, config.precision):
+        inputs = _memory_format(images).detach().requires_grad_(True)
+        with capture(model, ref, keep_graph=True) as seen:
+            logits = model(inputs)  # (N, C)
+        acts = seen.value()  # (N, K, h, w), in the graph
+        targets = _targets(logits.detach().float(), classes, top_k)  # (N, T)
+        maps = []
+        for t in range(targets.shape[1]):
+            picked = logits.gather(1, targets[:, t : t + 1]).sum()
+            (grads,) = torch.autograd.grad(picked, acts, retain_graph=t + 1 < targets.shape[1])
+            maps.append(_gradient_map(config.method, acts.detach().float(), grads.float()))
+    stacked = torch.stack(maps, dim=1)  # (N, T, h, w)
+    return _result(stacked, targets, logits.detach().float(), 0, 0)
+
+
+def _gradient_map(method: str, acts: Tensor, grads: Tensor) -> Tensor:
+    """One map (N, h, w) from activations and gradients (N, K, h, w)."""
+    if method == "layercam":
+        return (grads.relu() * acts).sum(dim=1).relu()
+    if method == "gradcam":
+        weights = grads.mean(dim=(2, 3))  # (N, K)
+    else:  # gradcam++ (Chattopadhay et al. 2018, closed form with the exponential trick)
+        squared, cubed = grads.pow(2), grads.pow(3)
+        denominator = 2 * squared + acts.sum(dim=(2, 3), keepdim=True) * cubed
+        alpha = squared / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        weights = (alpha * grads.relu()).sum(dim=(2, 3))  # (N, K)
+    return torch.einsum("nk,nkhw->nhw", weights, acts).relu()

@@ -1,0 +1,27 @@
+"""Errors the tool reports to users: each renders as one line that says what to do next."""
+
+from __future__ import annotations
+
+
+class ScoreCamError(Exception):
+    """Base class: an error whose message is a complete one-line explanation for the user."""
+
+
+class UnknownModel(ScoreCamError):
+    """The model name is not in torchvision's registry, the embedded models, or importable."""
+
+
+class MissingWeights(ScoreCamError):
+    """Named weights are not in the local cache and cannot be downloaded."""
+
+
+class UnknownLayer(ScoreCamError):
+    """The layer name does not name a module of the model, or its output is not a map."""
+
+
+class ImageRead(ScoreCamError):
+    """An input file could not be read or decoded as an image."""
+
+
+class OutputWrite(ScoreCamError):
+    """An output file could not be written."""

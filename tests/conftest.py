@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny seeded models that run in milliseconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """conv -> ReLU (the target layer, 12 channels) -> conv -> pool -> linear, 10 classes.
+
+    Channels 0-3 of ``relu`` are zero for every input (their bias is very negative), and channel 5
+    is exactly twice channel 4 (filters and bias doubled), so both sharing paths are exercised.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 12, 5, stride=4, padding=2)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(12, 16, 3, padding=1)
+        self.head_act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            self.conv1.bias[:4] = -1e4
+            self.conv1.weight[5] = 2 * self.conv1.weight[4]
+            self.conv1.bias[5] = 2 * self.conv1.bias[4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head_act(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture
+def tiny_net() -> TinyNet:
+    return TinyNet().eval()
+
+
+@pytest.fixture
+def tiny_images() -> torch.Tensor:
+    """Three seeded images (3, 3, 64, 64)."""
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -1,5 +1,5 @@
 """``python -m scorecam_cli`` runs the ``scorecam`` command."""
 
-from scorecam_cli.cli import main
+from scorecam_cli.cli import entry_point
 
-main()
+entry_point()

@@ -59,8 +59,10 @@ class CamResult:
     classes: Tensor
     probabilities: Tensor
     logits: Tensor
-    forward_passes: int  # masked images run through the model
+    forward_passes: int  # masked images run through the model, the shared zero mask included
     forward_passes_saved: int  # masked images not run because an identical one was scored
+    image_passes: Tensor  # (N,) masked images run for each image's own masks
+    image_passes_saved: Tensor  # (N,) its masked images not run (shared or zero masks)
 
     @property
     def layer_size(self) -> tuple[int, int]:
@@ -109,10 +111,10 @@ def compute_cams(
             logits = model(_memory_format(images)).float()  # (N, C)
         acts = seen.value().float()  # (N, K, h, w)
         targets = _targets(logits, classes, top_k)  # (N, T)
-        scores, chosen, passes, saved = _channel_scores(model, images, acts, targets, config)
+        scores, chosen, counts = _channel_scores(model, images, acts, targets, config)
         weights = _weights(scores, chosen, config.weighting)  # (N, K, T)
         maps = torch.einsum("nkt,nkhw->nthw", weights, acts).relu()  # (N, T, h, w)
-    return _result(maps, targets, logits, passes, saved)
+    return _result(maps, targets, logits, counts)
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -153,7 +155,8 @@ def _targets(logits: Tensor, classes: Tensor | Sequence[int] | None, top_k: int)
     n, c = logits.shape
     if classes is None:
         return logits.topk(min(top_k, c), dim=1).indices
-    targets = torch.as_tensor(classes, dtype=torch.long, device=logits.device)
+    # A copy, so that classes from an inference-mode run can feed a gradient method.
+    targets = torch.as_tensor(classes, dtype=torch.long, device=logits.device).clone()
     if targets.ndim == 1:
         targets = targets.expand(n, -1)  # (N, T)
     if targets.shape[0] != n or targets.numel() == 0:
@@ -163,15 +166,25 @@ def _targets(logits: Tensor, classes: Tensor | Sequence[int] | None, top_k: int)
     return targets
 
 
-def _result(maps: Tensor, targets: Tensor, logits: Tensor, passes: int, saved: int) -> CamResult:
+@dataclass(frozen=True)
+class _PassCounts:
+    total: int
+    saved: int
+    per_image: Tensor  # (N,)
+    saved_per_image: Tensor  # (N,)
+
+
+def _result(maps: Tensor, targets: Tensor, logits: Tensor, counts: _PassCounts) -> CamResult:
     probabilities = logits.softmax(dim=1).gather(1, targets)
     return CamResult(
         maps=maps.float(),
         classes=targets,
         probabilities=probabilities,
         logits=logits.gather(1, targets),
-        forward_passes=passes,
-        forward_passes_saved=saved,
+        forward_passes=counts.total,
+        forward_passes_saved=counts.saved,
+        image_passes=counts.per_image,
+        image_passes_saved=counts.saved_per_image,
     )
 
 
@@ -186,10 +199,10 @@ def _chosen_channels(acts: Tensor, config: CamConfig) -> Tensor:
 
 def _channel_scores(
     model: nn.Module, images: Tensor, acts: Tensor, targets: Tensor, config: CamConfig
-) -> tuple[Tensor, Tensor, int, int]:
+) -> tuple[Tensor, Tensor, _PassCounts]:
     """Score of each chosen channel's masked input for each target: (N, K, T).
 
-    Returns the scores, the chosen channels (N, K), passes run and passes saved.
+    Returns the scores, the chosen channels (N, K) and the forward-pass counts.
     """
     n, k = acts.shape[:2]
     chosen = _chosen_channels(acts, config)  # (N, K)
@@ -216,9 +229,11 @@ def _channel_scores(
     unique_scores = _masked_scores(model, images, acts, unique, score_of, config)  # (U, T)
     pair_scores = unique_scores if inverse is None else unique_scores[inverse]  # (P, T)
     scores[pairs[:, 0], pairs[:, 1]] = pair_scores
+    per_image = torch.bincount(unique[:, 0], minlength=n) * samples  # (N,)
+    saved_per_image = chosen.sum(dim=1) * samples - per_image  # (N,)
     passes = len(unique) * samples + int(needs_zero)
-    saved = int(chosen.sum()) * samples - passes
-    return scores, chosen, passes, saved
+    counts = _PassCounts(passes, int(chosen.sum()) * samples - passes, per_image, saved_per_image)
+    return scores, chosen, counts
 
 
 def _unique_masks(flat: Tensor, low: Tensor, high: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
@@ -371,7 +386,8 @@ def _gradient_cams(
             (grads,) = torch.autograd.grad(picked, acts, retain_graph=t + 1 < targets.shape[1])
             maps.append(_gradient_map(config.method, acts.detach().float(), grads.float()))
     stacked = torch.stack(maps, dim=1)  # (N, T, h, w)
-    return _result(stacked, targets, logits.detach().float(), 0, 0)
+    none = torch.zeros(len(images), dtype=torch.long, device=images.device)
+    return _result(stacked, targets, logits.detach().float(), _PassCounts(0, 0, none, none))
 
 
 def _gradient_map(method: str, acts: Tensor, grads: Tensor) -> Tensor:

@@ -159,3 +159,9 @@ def test_bad_config_is_rejected(tiny_net, tiny_images):
         compute_cams(tiny_net, "relu", tiny_images, config=CamConfig(method="nope"))
     with pytest.raises(ValueError, match="outside"):
         compute_cams(tiny_net, "relu", tiny_images, classes=[10])
+
+
+def test_gradient_method_takes_classes_from_an_inference_run(tiny_net, tiny_images):
+    first = compute_cams(tiny_net, "relu", tiny_images)
+    grad = compute_cams(tiny_net, "conv2", tiny_images, first.classes, config=CamConfig("gradcam"))
+    assert torch.equal(grad.classes, first.classes)

@@ -1,0 +1,41 @@
+# scorecam-cli: `make install` then `make test`. Everything runs from the .venv it creates.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch and torchvision come first, by exact version, so pip takes the builds this machine
+# keeps on disk; pyproject.toml itself asks only for ranges. Override for another machine.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install install-bench test lint bench bench-full demo clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+install-bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+
+test:
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check scorecam_cli tests benchmarks
+	$(BIN)/ruff format --check scorecam_cli tests benchmarks
+	$(BIN)/mypy
+
+lint:
+	$(BIN)/ruff check scorecam_cli tests benchmarks
+	$(BIN)/ruff format --check scorecam_cli tests benchmarks
+	$(BIN)/mypy
+
+bench: install-bench
+	$(BIN)/python benchmarks/bench.py --quick
+
+bench-full: install-bench
+	$(BIN)/python benchmarks/bench.py
+
+demo:
+	$(BIN)/scorecam run sample_images/ -o scorecam-out/ --format tsv
+
+clean:
+	rm -rf scorecam-out .pytest_cache .mypy_cache .ruff_cache

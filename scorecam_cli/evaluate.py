@@ -1,0 +1,590 @@
+"""How faithful are the maps? Perturbation metrics and the cascading-randomisation sanity check.
+
+All metrics take a model in eval mode, images X (N, 3, H, W) already normalised with the model's
+mean/std, saliency maps S (N, H, W) at the images' resolution (e.g.
+``upsample_maps(result.maps, (H, W))[:, t]``) and target classes c (N,). A "probability" is
+``softmax(model(x))[c]``.
+
+- **Average Drop %** (Chattopadhay et al. 2018, as used by Score-CAM, Wang et al. 2020):
+  ``100 * mean_i max(0, Y_i - O_i) / Y_i`` with ``Y_i = p(c_i | X_i)`` and
+  ``O_i = p(c_i | X_i * E_i)``, where the explanation map ``E_i`` is ``S_i`` min-max normalised to
+  [0, 1] and used as a soft mask (a constant map gives ``E_i = 0``; an image with ``Y_i = 0``
+  counts as no drop). Lower is better.
+- **Increase in Confidence %**: ``100 * mean_i 1[Y_i < O_i]``. Higher is better.
+- **Deletion AUC** (RISE, Petsiuk et al. 2018): starting from ``X_i``, pixels are removed in
+  order of decreasing saliency (ties: the lower flat index ``y * W + x`` first),
+  ``ceil(H * W / steps)`` pixels per step (``steps`` = 32 by default; the last step may remove
+  fewer), by setting all channels of a removed pixel to the baseline 0 in normalised space (= the
+  dataset's mean colour). ``p(c_i)`` is recorded after each step, from step 0 (the intact image)
+  to the image with every pixel removed, and the AUC is the trapezoidal area under p against the
+  fraction of pixels removed, in [0, 1]. Lower is better.
+- **Insertion AUC** (RISE): the same, starting from a blurred copy of ``X_i`` and putting the
+  original pixels back in the same order, up to the intact image; the AUC is against the fraction
+  of pixels inserted. The blur is a Gaussian of kernel size 11 and sigma 5 (pixels; weights
+  proportional to ``exp(-d**2 / 50)`` for offsets ``d = -5 ... 5``, summing to 1), applied per
+  channel as a separable depthwise ``conv2d`` with reflect padding. Higher is better.
+
+Every forward pass goes through :func:`scorecam_cli.cam.map_in_chunks`: perturbed images are built
+chunk by chunk on the device (never all N * (steps + 1) at once), ``batch_size`` per pass, under
+``torch.inference_mode()`` and the chosen autocast precision, without host syncs in the loop.
+
+Per-image values (:class:`FaithfulnessScores`, :class:`SanityStep`) stay per image so that a
+caller can stream images in batches and average at the end (:func:`summarise`,
+:func:`merge_sanity`).
+
+**Sanity check** (Adebayo et al. 2018, cascading randomisation): on a deep copy of the model, the
+modules with parameters are re-initialised one by one from the output towards the input,
+cumulatively; after selected steps the maps are recomputed for the same images and target classes
+and compared with the original maps by Spearman rank correlation. A method whose maps depend on
+the model must show a falling correlation; maps that survive randomisation explain the image, not
+the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scorecam_cli.cam import (
+    RANGE_EPS,
+    CamConfig,
+    auto_batch_size,
+    compute_cams,
+    map_in_chunks,
+    precision_context,
+    upsample_maps,
+)
+from scorecam_cli.layers import LayerRef, trace_layers
+
+DEFAULT_STEPS = 32  # deletion / insertion steps
+DELETION_BASELINE = 0.0  # value of a removed pixel, in normalised space: the dataset mean colour
+BLUR_KERNEL = 11  # insertion's starting image: Gaussian blur kernel size (pixels, odd)
+BLUR_SIGMA = 5.0  # ... and its standard deviation (pixels)
+DEFAULT_SANITY_STEPS = 9  # randomisation steps checked: evenly spaced, the last = fully random
+
+Explain = Callable[[nn.Module, Tensor], Tensor]
+"""``explain(model, images)`` -> saliency maps (N, H, W) for fixed target classes."""
+
+
+@dataclass(frozen=True, eq=False)
+class Curve:
+    """A deletion or insertion curve: probabilities (N, S + 1) at ``fractions`` (S + 1,)."""
+
+    fractions: Tensor  # fraction of pixels removed (deletion) or inserted (insertion), 0 ... 1
+    probabilities: Tensor  # p(c_i) after each step
+
+    def auc(self) -> Tensor:
+        """Trapezoidal area under each image's curve over the fraction in [0, 1]: (N,)."""
+        return torch.trapezoid(self.probabilities, x=self.fractions, dim=1)
+
+
+@dataclass(frozen=True, eq=False)
+class FaithfulnessScores:
+    """Per-image faithfulness of one batch of N images; :func:`summarise` averages batches."""
+
+    original: Tensor  # Y (N,): p(c | X)
+    explained: Tensor  # O (N,): p(c | X * E)
+    deletion: Curve
+    insertion: Curve
+
+    @property
+    def images(self) -> int:
+        return int(self.original.shape[0])
+
+    @property
+    def average_drop(self) -> Tensor:
+        """Per-image drop % (N,); their mean is the Average Drop %."""
+        return average_drop(self.original, self.explained)
+
+    @property
+    def increase_in_confidence(self) -> Tensor:
+        """Per-image 100 or 0 (N,); their mean is the Increase in Confidence %."""
+        return increase_in_confidence(self.original, self.explained)
+
+    @property
+    def deletion_auc(self) -> Tensor:
+        return self.deletion.auc()
+
+    @property
+    def insertion_auc(self) -> Tensor:
+        return self.insertion.auc()
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Means over ``images`` images; see the module docstring for the exact definitions."""
+
+    average_drop: float  # %, lower is better
+    increase_in_confidence: float  # %, higher is better
+    deletion_auc: float  # lower is better
+    insertion_auc: float  # higher is better
+    images: int
+
+
+@dataclass(frozen=True, eq=False)
+class SanityStep:
+    """Maps after re-initialising the top ``randomised`` of ``total`` parameterised modules."""
+
+    module: str  # dotted name of the module re-initialised last ("" for the model itself)
+    randomised: int  # modules re-initialised so far, from the output down
+    total: int  # modules with parameters (or running statistics) used in a forward pass
+    correlations: Tensor  # (N,) Spearman correlation, original vs randomised maps, CPU float64
+
+    @property
+    def correlation(self) -> float:
+        """Mean Spearman rank correlation over the images (1: unchanged maps, 0: unrelated)."""
+        return float(self.correlations.mean())
+
+
+# -- Average Drop and Increase in Confidence ------------------------------------------------------
+
+
+def explanation_masks(saliency: Tensor) -> Tensor:
+    """E (N, H, W): each map min-max normalised to [0, 1]; a constant map gives all zeros."""
+    flat = saliency.float().flatten(1)  # (N, H*W)
+    low = flat.amin(dim=1, keepdim=True)
+    span = flat.amax(dim=1, keepdim=True) - low  # (N, 1)
+    masks = torch.where(span > RANGE_EPS, (flat - low) / span.clamp_min(RANGE_EPS), 0.0)
+    return masks.view_as(saliency)
+
+
+def explained_probabilities(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    classes: Tensor | Sequence[int],
+    *,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+) -> tuple[Tensor, Tensor]:
+    """Y = p(c | X) and O = p(c | X * E), each (N,), from 2N forward passes."""
+    targets = _check_inputs(images, saliency, classes)
+    n = images.shape[0]
+    masks = explanation_masks(saliency)[:, None]  # (N, 1, H, W)
+
+    def build(start: int, end: int) -> tuple[Tensor, Tensor]:
+        item = torch.arange(start, end, device=images.device)  # items [0, N): X, [N, 2N): X * E
+        img = item % n
+        weight = torch.where((item >= n)[:, None, None, None], masks[img], 1.0)  # (B, 1, H, W)
+        return images[img] * weight, targets[img]  # (B, 3, H, W), (B,)
+
+    probs = _probabilities(model, build, 2 * n, images.device, batch_size, precision)
+    return probs[:n], probs[n:]
+
+
+def average_drop(original: Tensor, explained: Tensor) -> Tensor:
+    """Per-image ``100 * max(0, Y - O) / Y`` (N,); 0 where Y = 0. The mean is Average Drop %."""
+    drop = (original - explained).clamp_min(0)
+    return 100 * torch.where(original > 0, drop / original.clamp_min(1e-30), 0.0)
+
+
+def increase_in_confidence(original: Tensor, explained: Tensor) -> Tensor:
+    """Per-image ``100 * 1[Y < O]`` (N,). The mean is Increase in Confidence %."""
+    return 100 * (original < explained).float()
+
+
+# -- Deletion and insertion -----------------------------------------------------------------------
+
+
+def deletion_curve(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    classes: Tensor | Sequence[int],
+    *,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+) -> Curve:
+    """p(c) as the most salient pixels are set to 0 (the mean colour), ``steps`` steps: (N, S+1)."""
+    return _perturbation_curve(model, images, saliency, classes, None, steps, batch_size, precision)
+
+
+def insertion_curve(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    classes: Tensor | Sequence[int],
+    *,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    blur_kernel: int = BLUR_KERNEL,
+    blur_sigma: float = BLUR_SIGMA,
+) -> Curve:
+    """p(c) as the most salient pixels are put back into a blurred copy, ``steps`` steps."""
+    with torch.inference_mode():
+        blurred = gaussian_blur(images.float(), blur_kernel, blur_sigma).to(images.dtype)
+    return _perturbation_curve(
+        model, images, saliency, classes, blurred, steps, batch_size, precision
+    )
+
+
+def removal_fractions(pixels: int, steps: int = DEFAULT_STEPS) -> Tensor:
+    """Fraction of pixels changed after each step 0 ... ``steps``: (S + 1,), from 0 to 1."""
+    return _step_counts(pixels, steps, torch.device("cpu")).float() / pixels
+
+
+def gaussian_blur(
+    images: Tensor, kernel_size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA
+) -> Tensor:
+    """Gaussian blur of images (N, C, H, W), per channel, with reflect padding; same shape.
+
+    Separable: a depthwise ``conv2d`` along x, then along y, with the normalised kernel
+    ``exp(-d**2 / (2 * sigma**2))`` for offsets ``d = -(k // 2) ... k // 2``.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0:
+        raise ValueError("the blur kernel size must be odd and positive, and sigma positive")
+    half = kernel_size // 2
+    if half >= min(images.shape[-2:]):
+        raise ValueError(f"images of {tuple(images.shape[-2:])} pixels are too small to blur")
+    channels = images.shape[1]
+    offsets = torch.arange(kernel_size, device=images.device, dtype=images.dtype) - half
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()  # (k,)
+    padded = F.pad(images, (half, half, half, half), mode="reflect")  # (N, C, H+2h, W+2h)
+    across = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(across, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def _step_counts(pixels: int, steps: int, device: torch.device) -> Tensor:
+    """Pixels changed after each step 0 ... steps: min(k * ceil(pixels / steps), pixels)."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    per_step = math.ceil(pixels / steps)
+    return (torch.arange(steps + 1, device=device) * per_step).clamp_max(pixels)  # (S+1,)
+
+
+def _perturbation_curve(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    classes: Tensor | Sequence[int],
+    start_images: Tensor | None,
+    steps: int,
+    batch_size: int | None,
+    precision: str,
+) -> Curve:
+    """Deletion (``start_images`` None: from X towards the baseline) or insertion (from
+    ``start_images`` towards X) curves, (steps + 1) perturbed images per image built lazily."""
+    targets = _check_inputs(images, saliency, classes)
+    n, _, h, w = images.shape
+    pixels = h * w
+    device = images.device
+    counts = _step_counts(pixels, steps, device)  # (S+1,)
+    order = saliency.flatten(1).argsort(dim=1, descending=True, stable=True)  # (N, H*W)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(pixels, device=device).expand(n, -1)
+    )
+    per_image = steps + 1
+
+    def build(start: int, end: int) -> tuple[Tensor, Tensor]:
+        item = torch.arange(start, end, device=device)
+        img, step = item // per_image, item % per_image  # (B,), (B,)
+        changed = (rank[img] < counts[step, None]).view(-1, 1, h, w)  # (B, 1, H, W)
+        if start_images is None:
+            inputs = images[img].masked_fill(changed, DELETION_BASELINE)
+        else:
+            inputs = torch.where(changed, images[img], start_images[img])
+        return inputs, targets[img]  # (B, 3, H, W), (B,)
+
+    probs = _probabilities(model, build, n * per_image, device, batch_size, precision)
+    return Curve(counts.float() / pixels, probs.view(n, per_image))
+
+
+# -- All four together ----------------------------------------------------------------------------
+
+
+def faithfulness_scores(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    classes: Tensor | Sequence[int],
+    *,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    blur_kernel: int = BLUR_KERNEL,
+    blur_sigma: float = BLUR_SIGMA,
+) -> FaithfulnessScores:
+    """Per-image Average Drop, Increase in Confidence, deletion and insertion of one batch.
+
+    Costs N * (2 * steps + 4) forward passes. Nothing leaves the device until :func:`summarise`.
+    """
+    original, explained = explained_probabilities(
+        model, images, saliency, classes, batch_size=batch_size, precision=precision
+    )
+    deletion = deletion_curve(
+        model, images, saliency, classes, steps=steps, batch_size=batch_size, precision=precision
+    )
+    insertion = insertion_curve(
+        model,
+        images,
+        saliency,
+        classes,
+        steps=steps,
+        batch_size=batch_size,
+        precision=precision,
+        blur_kernel=blur_kernel,
+        blur_sigma=blur_sigma,
+    )
+    return FaithfulnessScores(original, explained, deletion, insertion)
+
+
+def summarise(batches: Iterable[FaithfulnessScores]) -> Faithfulness:
+    """Means over all images of all batches (each image counts once)."""
+    parts = list(batches)
+    if not parts or sum(part.images for part in parts) == 0:
+        raise ValueError("no images to summarise")
+
+    def mean(values: Iterable[Tensor]) -> float:
+        return float(torch.cat([v.detach().double().cpu() for v in values]).mean())
+
+    return Faithfulness(
+        average_drop=mean(p.average_drop for p in parts),
+        increase_in_confidence=mean(p.increase_in_confidence for p in parts),
+        deletion_auc=mean(p.deletion_auc for p in parts),
+        insertion_auc=mean(p.insertion_auc for p in parts),
+        images=sum(part.images for part in parts),
+    )
+
+
+def faithfulness(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    classes: Tensor | Sequence[int],
+    *,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    blur_kernel: int = BLUR_KERNEL,
+    blur_sigma: float = BLUR_SIGMA,
+) -> Faithfulness:
+    """The four metrics averaged over one batch: ``summarise([faithfulness_scores(...)])``."""
+    scores = faithfulness_scores(
+        model,
+        images,
+        saliency,
+        classes,
+        steps=steps,
+        batch_size=batch_size,
+        precision=precision,
+        blur_kernel=blur_kernel,
+        blur_sigma=blur_sigma,
+    )
+    return summarise([scores])
+
+
+# -- Shared forward-pass loop ---------------------------------------------------------------------
+
+
+def _check_inputs(images: Tensor, saliency: Tensor, classes: Tensor | Sequence[int]) -> Tensor:
+    """Validate shapes; return the classes as a (N,) long tensor on the images' device."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), not {tuple(images.shape)}")
+    n, _, h, w = images.shape
+    if tuple(saliency.shape) != (n, h, w):
+        raise ValueError(f"saliency maps {tuple(saliency.shape)} do not fit images {(n, h, w)}")
+    targets = torch.as_tensor(classes, dtype=torch.long, device=images.device).reshape(-1)
+    if targets.shape[0] != n:
+        raise ValueError(f"{targets.shape[0]} target classes for {n} images")
+    if n == 0:
+        raise ValueError("no images to evaluate")
+    if int(targets.min()) < 0:  # the model's class count is checked by its first forward pass
+        raise ValueError("target classes must not be negative")
+    return targets
+
+
+def _probabilities(
+    model: nn.Module,
+    build: Callable[[int, int], tuple[Tensor, Tensor]],
+    count: int,
+    device: torch.device,
+    batch_size: int | None,
+    precision: str,
+) -> Tensor:
+    """p(target) (count,) float32 for the inputs ``build(start, end)`` -> (inputs, targets)."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError("batch size must be at least 1")
+
+    def score(start: int, end: int) -> Tensor:
+        inputs, targets = build(start, end)  # (B, 3, H, W), (B,)
+        if inputs.device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        logits = model(inputs).float()  # (B, C)
+        return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]  # (B,)
+
+    chunk = batch_size or auto_batch_size(device)
+    with torch.inference_mode(), precision_context(device, precision):
+        return map_in_chunks(score, count, chunk, device)
+
+
+# -- Sanity check: cascading randomisation --------------------------------------------------------
+
+
+def spearman(first: Tensor, second: Tensor) -> Tensor:
+    """Spearman rank correlation of each pair of maps (N, ...) -> (N,), float64.
+
+    Ranks are fractional (tied values share their mean rank, as in ``scipy.stats.spearmanr``), then
+    the Pearson correlation of the ranks; a constant map has correlation 0 with anything.
+    """
+    if first.shape != second.shape or first.ndim < 2:
+        raise ValueError(
+            f"maps must be (N, ...) of one shape: {tuple(first.shape)}, {tuple(second.shape)}"
+        )
+    a, b = _ranks(first.flatten(1)), _ranks(second.flatten(1))  # (N, P)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    norm = (a.pow(2).sum(dim=1) * b.pow(2).sum(dim=1)).sqrt()  # (N,)
+    return torch.where(norm > 0, (a * b).sum(dim=1) / norm.clamp_min(1e-300), 0.0)
+
+
+def _ranks(values: Tensor) -> Tensor:
+    """Fractional 0-based ranks along dim 1 of (N, P): ties get the mean of their positions."""
+    values = values.double().contiguous()
+    ordered = values.sort(dim=1).values
+    below = torch.searchsorted(ordered, values, right=False)  # first position of each value
+    upto = torch.searchsorted(ordered, values, right=True)  # one past its last position
+    return (below + upto - 1).double() / 2
+
+
+def cam_explainer(
+    layer: LayerRef | str, classes: Tensor | Sequence[int], config: CamConfig | None = None
+) -> Explain:
+    """An ``explain(model, images)`` giving ``compute_cams`` maps (N, H, W) for fixed classes (N,).
+
+    The maps are upsampled to the images' size; use it with :func:`sanity_check`.
+    """
+
+    def explain(model: nn.Module, images: Tensor) -> Tensor:
+        # A copy: classes from an inference-mode pass cannot enter a gradient method's graph.
+        targets = torch.as_tensor(classes, dtype=torch.long, device=images.device).clone()
+        result = compute_cams(model, layer, images, targets.reshape(-1, 1), config=config)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        return upsample_maps(result.maps, size)[:, 0]  # (N, H, W)
+
+    return explain
+
+
+def randomisation_order(model: nn.Module, input_size: tuple[int, int]) -> list[str]:
+    """Names of the modules to re-initialise, top (output) first.
+
+    The modules that hold parameters of their own (or BatchNorm running statistics) and run in a
+    forward pass, in the reverse of the order their first call finishes in a dry run
+    (:func:`scorecam_cli.layers.trace_layers`); the model itself ("") comes first if it holds
+    parameters directly. Modules that never run cannot change the maps and are left out.
+    """
+    modules = dict(model.named_modules())
+    finished = list(dict.fromkeys(info.ref.name for info in trace_layers(model, input_size)))
+    names = [name for name in finished if _has_state(modules[name])]
+    if _has_state(model):
+        names.append("")
+    return names[::-1]
+
+
+def sanity_check(
+    model: nn.Module,
+    images: Tensor,
+    explain: Explain,
+    *,
+    seed: int = 0,
+    max_steps: int | None = DEFAULT_SANITY_STEPS,
+) -> list[SanityStep]:
+    """Cascading randomisation (Adebayo et al. 2018) of a deep copy of ``model``.
+
+    The original maps are ``explain(copy, images)`` (N, H, W). Then the modules of
+    :func:`randomisation_order` are re-initialised one by one, cumulatively, from the output
+    towards the input; after each of ``max_steps`` evenly spaced steps (always including the
+    first and the last, fully randomised one; None: every step) the maps are recomputed and
+    compared with the originals by :func:`spearman`. ``explain`` must keep the target classes
+    fixed (e.g. :func:`cam_explainer`); the caller's model and global RNG are left untouched.
+
+    Re-initialisation runs under ``torch.manual_seed(seed)`` (set once, before the top module), so
+    every call with the same seed builds the same randomised models and batches of images can be
+    merged with :func:`merge_sanity`. A module is re-initialised by its ``reset_parameters()``
+    (BatchNorm: also ``reset_running_stats()``); a module without one gets each of its own
+    parameters redrawn from a normal distribution with that tensor's mean and standard deviation
+    (for a constant tensor, its mean absolute value as the deviation).
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError("max steps must be at least 1")
+    copied = copy.deepcopy(model)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    order = randomisation_order(copied, size)
+    if not order:
+        raise ValueError("the model has no parameters to randomise")
+    checked = _checkpoints(len(order), max_steps)
+    original = explain(copied, images).detach()  # (N, H, W)
+    modules = dict(copied.named_modules())
+    steps = []
+    with torch.random.fork_rng(devices=_cuda_devices()):
+        torch.manual_seed(seed)
+        for index, name in enumerate(order, start=1):
+            _reinitialise(modules[name])
+            if index in checked:
+                maps = explain(copied, images).detach()  # (N, H, W)
+                correlations = spearman(original, maps).cpu()
+                steps.append(SanityStep(name, index, len(order), correlations))
+    return steps
+
+
+def merge_sanity(runs: Iterable[Sequence[SanityStep]]) -> list[SanityStep]:
+    """Join the per-image correlations of sanity checks of several batches (same model, seed)."""
+    batches = list(runs)
+    if not batches:
+        raise ValueError("no sanity checks to merge")
+
+    def plan(run: Sequence[SanityStep]) -> list[tuple[str, int]]:
+        return [(step.module, step.randomised) for step in run]
+
+    if any(plan(run) != plan(batches[0]) for run in batches):
+        raise ValueError("the sanity checks randomised different modules; use the same settings")
+    return [
+        SanityStep(
+            step.module,
+            step.randomised,
+            step.total,
+            torch.cat([run[i].correlations for run in batches]),  # (sum of N,)
+        )
+        for i, step in enumerate(batches[0])
+    ]
+
+
+def _checkpoints(total: int, max_steps: int | None) -> set[int]:
+    """Evenly spaced step numbers in 1 ... total, including both ends; all if max_steps is None."""
+    if max_steps is None or max_steps >= total:
+        return set(range(1, total + 1))
+    if max_steps == 1:
+        return {total}
+    return {1 + round(i * (total - 1) / (max_steps - 1)) for i in range(max_steps)}
+
+
+def _has_state(module: nn.Module) -> bool:
+    has_params = next(module.parameters(recurse=False), None) is not None
+    return has_params or hasattr(module, "reset_running_stats")
+
+
+@torch.no_grad()
+def _reinitialise(module: nn.Module) -> None:
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
+    else:
+        for param in module.parameters(recurse=False):
+            spread = param.std() if param.numel() > 1 else torch.zeros_like(param.mean())
+            scale = torch.where(spread > 0, spread, param.abs().mean())  # constant: its size
+            param.copy_(torch.randn_like(param) * scale + param.mean())
+    reset_stats = getattr(module, "reset_running_stats", None)
+    if callable(reset_stats):
+        reset_stats()
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,16 @@ import torch
 from scorecam_cli import render
 from scorecam_cli.cam import CamConfig, CamResult, compute_cams
 from scorecam_cli.errors import ScoreCamError
+from scorecam_cli.evaluate import (
+    Faithfulness,
+    FaithfulnessScores,
+    SanityStep,
+    cam_explainer,
+    faithfulness_scores,
+    merge_sanity,
+    sanity_check,
+    summarise,
+)
 from scorecam_cli.images import InputImage, LoadedImage, load_batches, read_image
 from scorecam_cli.layers import LayerRef
 from scorecam_cli.models import LoadedModel
@@ -295,3 +305,81 @@ def _write_image(
         return Explained(str(source.path), records)
     except (ScoreCamError, OSError, ValueError) as exc:
         return Failure(str(source.path), str(exc))
+
+
+@dataclass(frozen=True)
+class MethodReport:
+    """Faithfulness of one method over every input, and its sanity check when asked for."""
+
+    method: str
+    faithfulness: Faithfulness
+    sanity: list[SanityStep] | None
+
+
+def evaluate(
+    explainer: Explainer,
+    configs: Sequence[CamConfig],
+    inputs: Iterable[InputImage],
+    *,
+    steps: int,
+    sanity: bool,
+    options: RunOptions,
+    on_event: Callable[[Event], None],
+) -> list[MethodReport]:
+    """Measure each method's maps on every input (see :mod:`scorecam_cli.evaluate`).
+
+    The target of each image is the explainer's first class, or its top-1 class. ``on_event``
+    hears of every input as it is done (Explained with no records, or Failure).
+    """
+    scores: dict[str, list[FaithfulnessScores]] = {c.method: [] for c in configs}
+    checks: dict[str, list[list[SanityStep]]] = {c.method: [] for c in configs}
+    prep = explainer.model.preprocessing
+    model = explainer.model.module
+    for loaded in load_batches(
+        inputs, explainer.size, prep.mean, prep.std, options.images_per_batch, options.workers
+    ):
+        for item in loaded:
+            if item.error:
+                on_event(Failure(str(item.input.path), item.error))
+        tensors = [item.tensor for item in loaded if item.tensor is not None]
+        if not tensors:
+            continue
+        images = torch.stack(tensors).to(explainer.device)  # (N, 3, H, W)
+        targets = _eval_targets(explainer, images)  # (N,)
+        for config in configs:
+            explain = cam_explainer(explainer.layer, targets, config)
+            saliency = explain(model, images)  # (N, H, W)
+            scores[config.method].append(
+                faithfulness_scores(
+                    model,
+                    images,
+                    saliency,
+                    targets,
+                    steps=steps,
+                    batch_size=config.batch_size,
+                    precision=config.precision,
+                )
+            )
+            if sanity:
+                checks[config.method].append(sanity_check(model, images, explain))
+        for item in loaded:
+            if item.tensor is not None:
+                on_event(Explained(str(item.input.path), []))
+    if not any(scores.values()):
+        return []
+    return [
+        MethodReport(
+            c.method,
+            summarise(scores[c.method]),
+            merge_sanity(checks[c.method]) if sanity else None,
+        )
+        for c in configs
+    ]
+
+
+def _eval_targets(explainer: Explainer, images: torch.Tensor) -> torch.Tensor:
+    """The class each image is judged on (N,): the first --class, or the model's top-1."""
+    if explainer.classes:
+        return torch.full((len(images),), explainer.classes[0], device=images.device)
+    with torch.inference_mode():
+        return explainer.model.module(images).argmax(dim=1).clone()

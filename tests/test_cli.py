@@ -188,3 +188,37 @@ def test_run_other_methods(tmp_path, method):
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith(".overlay.png")
+
+
+def test_eval_table_and_jsonl(tmp_path):
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        write_image(folder / f"{i}.png")
+    args = [
+        "eval",
+        str(folder),
+        *TINY,
+        "--steps",
+        "4",
+        "--method",
+        "scorecam",
+        "--method",
+        "gradcam",
+    ]
+    table = CliRunner().invoke(main, args)
+    assert table.exit_code == 0, table.output
+    header, *rows = [line.split() for line in table.stdout.splitlines()]
+    assert header[:2] == ["method", "images"] and "insertion_auc" in header
+    assert [row[0] for row in rows] == ["scorecam", "gradcam"]
+    for row in rows:
+        values = dict(zip(header, row, strict=True))
+        assert values["images"] == "3"
+        assert 0 <= float(values["average_drop_percent"]) <= 100
+        assert 0 <= float(values["deletion_auc"]) <= 1 and 0 <= float(values["insertion_auc"]) <= 1
+    jsonl = CliRunner().invoke(main, [*args, "--format", "jsonl", "--sanity"])
+    assert jsonl.exit_code == 0, jsonl.output
+    records = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert [r["method"] for r in records] == ["scorecam", "gradcam"]
+    for record in records:
+        assert record["sanity"][-1]["randomised"] == record["sanity"][-1]["of"]
+        assert record["sanity_spearman_fully_random"] < 0.5  # the maps change with the model

@@ -223,9 +223,8 @@ def _channel_scores(
     scores = torch.zeros(n, k, targets.shape[1], device=acts.device)  # (N, K, T)
     if needs_zero:
         zero_logits = model(_memory_format(torch.zeros_like(images[:1]))).float()  # (1, C)
-        scores[:] = score_of(zero_logits.expand(n, -1), torch.arange(n, device=acts.device))[
-            :, None, :
-        ]
+        zero_scores = score_of(zero_logits.expand(n, -1), torch.arange(n, device=acts.device))
+        scores[:] = zero_scores[:, None, :]  # (N, 1, T) over every channel
     unique_scores = _masked_scores(model, images, acts, unique, score_of, config)  # (U, T)
     pair_scores = unique_scores if inverse is None else unique_scores[inverse]  # (P, T)
     scores[pairs[:, 0], pairs[:, 1]] = pair_scores

@@ -35,7 +35,7 @@ bench-full: install-bench
 	$(BIN)/python benchmarks/bench.py
 
 demo:
-	$(BIN)/scorecam run sample_images/ -o scorecam-out/ --format tsv
+	$(BIN)/scorecam run sample_images/ -o scorecam-out/
 
 clean:
 	rm -rf scorecam-out .pytest_cache .mypy_cache .ruff_cache

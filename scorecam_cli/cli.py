@@ -201,7 +201,7 @@ def cam_options(function: F) -> F:
             "--batch-size",
             type=click.IntRange(1),
             default=None,
-            help="Masked images per forward pass. Default: measured per device (CPU 32, CUDA 128).",
+            help="Masked images per forward pass. Default: measured per device (CPU 4, CUDA 128).",
         ),
         click.option(
             "--device",

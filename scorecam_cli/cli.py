@@ -616,4 +616,6 @@ def _emit_table(rows: list[dict[str, Any]], csv: bool) -> None:
     cells = [keys, *[[str(row[k]) for k in keys] for row in rows]]
     widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
     for line in cells:
-        _emit("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        _emit(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )

@@ -31,7 +31,8 @@ METHOD_HELP = (
     "scorecam: exact Score-CAM (default). faster-scorecam: APPROXIMATE, only the --top-channels "
     "channels of highest activation variance. sscam: APPROXIMATE, noise-smoothed masks "
     "(--samples noisy copies). iscam: APPROXIMATE, integrated masks (--samples steps). "
-    "gradcam, gradcam++, layercam: gradient baselines, one backward pass."
+    "gradcam, gradcam++, layercam: gradient baselines, one backward pass. Measured fidelity of "
+    "each: README, Methods."
 )
 METHOD_CHOICES = (
     "scorecam",

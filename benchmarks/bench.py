@@ -5,7 +5,8 @@ For each case (model, layer, image, input size) this times, in one process, on o
 
 * ours: ``scorecam_cli.cam.compute_cams`` (exact Score-CAM, softmax weighting) at its auto batch
   size and a couple of others; the best is reported, with its batch size;
-* pytorch-grad-cam's ``ScoreCAM`` and torchcam's ``ScoreCAM`` at batch sizes 16/32/64 (the best);
+* pytorch-grad-cam's ``ScoreCAM`` and torchcam's ``ScoreCAM`` at batch sizes 16/32/64 and the
+  model's best plain batch size (the best of them);
 * the limit: K plain forward passes of the model (K = channels of the layer) on random inputs of
   the same shape in ``torch.inference_mode()``, at the model's best batch size, and the same for
   only the K' channels that are not constant on this image (what an exact method must run).

@@ -31,8 +31,8 @@ METHODS = SCORE_METHODS + GRADIENT_METHODS
 WEIGHTINGS = ("softmax", "prob")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Masked images per forward pass when none is given. CPU: measured with `make bench-full` on 2
-# cores (benchmarks/results/cpu-full.json): big batches page-fault on fresh allocations, and 2-4 were
-# 1.5-3x faster per image than 16-64. CUDA: not measured yet (no GPU lent); OOM halves it.
+# cores (benchmarks/results/cpu-full.json): big batches page-fault on fresh allocations, and 2-4
+# were 1.5-3x faster per image than 16-64. CUDA: not measured yet (no GPU lent); OOM halves it.
 AUTO_BATCH_SIZE = {"cpu": 4, "cuda": 128}
 RANGE_EPS = 1e-7  # a channel whose upsampled range is at most this gets the all-zero mask
 MASK_LEVELS = 2**20  # masks equal at this resolution share a forward pass

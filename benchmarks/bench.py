@@ -52,14 +52,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from scorecam_cli.cam import (
+    RANGE_EPS,
     CamConfig,
+    as_model_input,
     auto_batch_size,
     compute_cams,
+    normalise_maps,
     precision_context,
     prepare_model,
     resolve_device,
+    upsample_maps,
 )
-from scorecam_cli.images import preprocess, read_image
+from scorecam_cli.choices import PRECISIONS
+from scorecam_cli.images import find_inputs, preprocess, read_image
 from scorecam_cli.layers import capture, default_layer, parse_layer
 from scorecam_cli.models import load_model
 
@@ -308,10 +313,7 @@ def measure_all(tools: list[Tool], repeats: int, warmup_run: bool, device: torch
 def run_ours(case: Case, batch_size: int, precision: str) -> Any:
     """Our CamResult: raw maps (1, 1, h, w) and the forward passes we ran."""
     config = CamConfig(batch_size=batch_size, precision=precision)
-    result = compute_cams(
-        case.module, case.layer, case.images, classes=[case.target], config=config
-    )
-    return result
+    return compute_cams(case.module, case.layer, case.images, classes=[case.target], config=config)
 
 
 def run_gradcam(case: Case, batch_size: int) -> np.ndarray:
@@ -343,9 +345,7 @@ def run_limit(case: Case, passes: int, batch_size: int, precision: str) -> int:
     device = case.images.device
     shape = case.images.shape[1:]
     generator = torch.Generator(device=device).manual_seed(0)
-    batch = torch.randn((batch_size, *shape), generator=generator, device=device)
-    if device.type == "cuda":
-        batch = batch.contiguous(memory_format=torch.channels_last)
+    batch = as_model_input(torch.randn((batch_size, *shape), generator=generator, device=device))
     done = 0
     with torch.inference_mode(), precision_context(device, precision):
         while done < passes:
@@ -374,11 +374,10 @@ def best_plain_batch_size(case: Case, sizes: list[int], precision: str) -> tuple
 
 def to_input_size(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """Bilinear (align_corners=False) upsampling of a map (h, w) to ``size``, then min-max."""
-    raw = torch.as_tensor(raw).float().cpu()
-    if tuple(raw.shape) != tuple(size):
-        raw = F.interpolate(raw[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-    raw = raw - raw.min()
-    return (raw / raw.max().clamp_min(1e-12)).numpy()
+    raw = torch.as_tensor(raw).float().cpu()[None, None]  # (1, 1, h, w)
+    if tuple(raw.shape[-2:]) != tuple(size):
+        raw = upsample_maps(raw, size)
+    return normalise_maps(raw)[0, 0].numpy()
 
 
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
@@ -397,9 +396,7 @@ def convention_map(case: Case, convention: str, batch_size: int) -> torch.Tensor
     tell which difference in mask building explains a map disagreement.
     """
     size = tuple(case.images.shape[-2:])
-    with torch.inference_mode(), capture(case.module, parse_layer(case.module, case.layer)) as seen:
-        case.module(case.images)
-    acts = seen.value().float()[0]  # (K, h, w)
+    acts = layer_activations(case)[0]  # (K, h, w)
 
     def minmax(x: torch.Tensor) -> torch.Tensor:  # per channel of (B, 1, *, *)
         low = x.amin(dim=(2, 3), keepdim=True)
@@ -456,12 +453,18 @@ def prepare_case(
     return case
 
 
-def nonconstant_channels(case: Case) -> tuple[int, int]:
-    """(K, K'): channels of the layer, and those whose map has max > min on this image."""
+def layer_activations(case: Case) -> torch.Tensor:
+    """The case's layer activations A (1, K, h, w), float32, from one plain forward pass."""
     with torch.inference_mode(), capture(case.module, parse_layer(case.module, case.layer)) as seen:
         case.module(case.images)
-    acts = seen.value().float().flatten(2)  # (1, K, h*w)
-    varying = acts.amax(dim=2) > acts.amin(dim=2)  # (1, K)
+    return seen.value().float()
+
+
+def nonconstant_channels(case: Case) -> tuple[int, int]:
+    """(K, K'): channels of the layer, and those the core does not treat as constant
+    (max - min > RANGE_EPS) on this image."""
+    acts = layer_activations(case).flatten(2)  # (1, K, h*w)
+    varying = (acts.amax(dim=2) - acts.amin(dim=2)) > RANGE_EPS  # (1, K)
     return int(acts.shape[1]), int(varying.sum())
 
 
@@ -569,7 +572,8 @@ def scorecam_command() -> list[str]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    """The images ``scorecam run FOLDER`` explains, in its order."""
+    return [item.path for item in find_inputs([str(folder)])]
 
 
 def core_worker(args: argparse.Namespace) -> int:
@@ -601,21 +605,9 @@ def end_to_end(args: argparse.Namespace, device: torch.device, batch_size: int) 
     """
     command = scorecam_command()
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
-    help_run = subprocess.run(
-        [*command, "run", "--help"], capture_output=True, text=True, env=env, check=False
-    )
-    if help_run.returncode != 0:
-        note = (
-            f"skipped: `scorecam run --help` exits {help_run.returncode} (the command is not ready)"
-        )
-        log(f"== end-to-end: {note}")
-        return {"skipped": note}
     folder = args.e2e_folder
     paths = image_files(folder)
     n, bs = len(paths), batch_size
-    # Options the CLI may not have yet are passed only when its help lists them.
-    extra = [flag for flag in ("--quiet",) if flag in help_run.stdout]
-    extra += ["--device", str(device)] if "--device" in help_run.stdout else []
     rounds = max(1, min(2, args.repeats))
     log(f"== end-to-end: scorecam run on {n} images, batch size {bs}, {rounds} round(s)")
 
@@ -638,8 +630,8 @@ def end_to_end(args: argparse.Namespace, device: torch.device, batch_size: int) 
         ]  # fmt: skip
         for round_ in range(rounds):
             out_dir = Path(tmp) / f"out{round_}"
-            cli = [*command, "run", str(folder), "-o", str(out_dir), "--format", "jsonl",
-                   "--batch-size", str(bs), *extra]  # fmt: skip
+            cli = [*command, "--quiet", "run", str(folder), "-o", str(out_dir), "--format",
+                   "jsonl", "--batch-size", str(bs), "--device", str(device)]  # fmt: skip
             start = time.perf_counter()
             proc = subprocess.run(cli, capture_output=True, text=True, env=env, check=False)
             cli_runs.append(time.perf_counter() - start)
@@ -830,7 +822,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "fp16", "bf16"],
+        choices=PRECISIONS,
         help="ours and the limit only; the peers always run fp32",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (quick: 1, full: 3)")

@@ -23,13 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scorecam_cli.choices import GRADIENT_METHODS, METHODS, PRECISIONS, WEIGHTINGS
 from scorecam_cli.layers import LayerRef, capture, parse_layer
 
-SCORE_METHODS = ("scorecam", "faster-scorecam", "sscam", "iscam")
-GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
-METHODS = SCORE_METHODS + GRADIENT_METHODS
-WEIGHTINGS = ("softmax", "prob")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # of PRECISIONS
 # Masked images per forward pass when none is given. CPU: measured with `make bench-full` on 2
 # cores (benchmarks/results/cpu-full.json): big batches page-fault on fresh allocations, and 2-4
 # were 1.5-3x faster per image than 16-64. CUDA: not measured yet (no GPU lent); OOM halves it.
@@ -110,7 +107,7 @@ def compute_cams(
         return _gradient_cams(model, ref, images, classes, top_k, config)
     with torch.inference_mode(), precision_context(images.device, config.precision):
         with capture(model, ref) as seen:
-            logits = model(_memory_format(images)).float()  # (N, C)
+            logits = model(as_model_input(images)).float()  # (N, C)
         acts = seen.value().float()  # (N, K, h, w)
         targets = _targets(logits, classes, top_k)  # (N, T)
         scores, chosen, counts = _channel_scores(model, images, acts, targets, config)
@@ -122,6 +119,13 @@ def compute_cams(
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear (align_corners=False) resize of maps (N, T, h, w) to (N, T, H, W)."""
     return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def normalise_maps(maps: Tensor) -> Tensor:
+    """Each map (..., H, W) min-max scaled to [0, 1]; a range of at most RANGE_EPS gives zeros."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span > RANGE_EPS, (maps - low) / span.clamp_min(RANGE_EPS), 0.0)
 
 
 def _check_config(config: CamConfig) -> None:
@@ -143,10 +147,11 @@ def precision_context(
     """Autocast to ``precision`` (fp32: no autocast) for forward passes on ``device``."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+    return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
-def _memory_format(images: Tensor) -> Tensor:
+def as_model_input(images: Tensor) -> Tensor:
+    """Images (N, 3, H, W) in the layout the model runs fastest in: channels_last on CUDA."""
     if images.device.type == "cuda":
         return images.contiguous(memory_format=torch.channels_last)
     return images
@@ -224,7 +229,7 @@ def _channel_scores(
     needs_zero = bool((chosen & ~todo).any())
     scores = torch.zeros(n, k, targets.shape[1], device=acts.device)  # (N, K, T)
     if needs_zero:
-        zero_logits = model(_memory_format(torch.zeros_like(images[:1]))).float()  # (1, C)
+        zero_logits = model(as_model_input(torch.zeros_like(images[:1]))).float()  # (1, C)
         zero_scores = score_of(zero_logits.expand(n, -1), torch.arange(n, device=acts.device))
         scores[:] = zero_scores[:, None, :]  # (N, 1, T) over every channel
     unique_scores = _masked_scores(model, images, acts, unique, score_of, config)  # (U, T)
@@ -285,7 +290,7 @@ def _masked_scores(
     def score_chunk(start: int, end: int) -> Tensor:
         part = pairs[start:end]  # (B, 2)
         inputs = _masked_inputs(images, acts, part, config, generator)  # (B*S, 3, H, W)
-        logits = model(_memory_format(inputs))  # (B*S, C)
+        logits = model(as_model_input(inputs))  # (B*S, C)
         img = part[:, 0].repeat_interleave(per_pair)  # (B*S,)
         return score_of(logits, img).view(len(part), per_pair, -1).mean(dim=1)  # (B, T)
 
@@ -343,10 +348,7 @@ def _masked_inputs(
     """Masked images (B * S, 3, H, W) for pairs (B, 2); S = 1 for exact Score-CAM."""
     img, ch = pairs[:, 0], pairs[:, 1]
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    masks = upsample_maps(acts[img, ch][:, None], size)  # (B, 1, H, W)
-    low = masks.amin(dim=(2, 3), keepdim=True)
-    span = masks.amax(dim=(2, 3), keepdim=True) - low  # (B, 1, 1, 1)
-    masks = torch.where(span > RANGE_EPS, (masks - low) / span.clamp_min(RANGE_EPS), 0.0)
+    masks = normalise_maps(upsample_maps(acts[img, ch][:, None], size))  # (B, 1, H, W)
     if config.method == "iscam":
         steps = torch.arange(1, config.samples + 1, device=masks.device) / config.samples
         masks = (masks[:, None] * steps.view(1, -1, 1, 1, 1)).flatten(0, 1)  # (B*S, 1, H, W)
@@ -376,7 +378,7 @@ def _gradient_cams(
 ) -> CamResult:
     """Grad-CAM, Grad-CAM++ and LayerCAM: one forward and one backward pass per target."""
     with torch.enable_grad(), precision_context(images.device, config.precision):
-        inputs = _memory_format(images).detach().requires_grad_(True)
+        inputs = as_model_input(images).detach().requires_grad_(True)
         with capture(model, ref, keep_graph=True) as seen:
             logits = model(inputs)  # (N, C)
         acts = seen.value()  # (N, K, h, w), in the graph

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from scorecam_cli import __version__
+from scorecam_cli.choices import METHODS, PRECISIONS, WEIGHTINGS
 
 if TYPE_CHECKING:
     from scorecam_cli.layers import LayerRef
@@ -33,15 +34,6 @@ METHOD_HELP = (
     "(--samples noisy copies). iscam: APPROXIMATE, integrated masks (--samples steps). "
     "gradcam, gradcam++, layercam: gradient baselines, one backward pass. Measured fidelity of "
     "each: README, Methods."
-)
-METHOD_CHOICES = (
-    "scorecam",
-    "faster-scorecam",
-    "sscam",
-    "iscam",
-    "gradcam",
-    "gradcam++",
-    "layercam",
 )
 
 
@@ -190,7 +182,7 @@ def cam_options(function: F) -> F:
     options = [
         click.option(
             "--weighting",
-            type=click.Choice(["softmax", "prob"]),
+            type=click.Choice(WEIGHTINGS),
             default="softmax",
             show_default=True,
             help="softmax: channel weights are the softmax over channels of the masked inputs' "
@@ -212,7 +204,7 @@ def cam_options(function: F) -> F:
         ),
         click.option(
             "--precision",
-            type=click.Choice(["fp32", "fp16", "bf16"]),
+            type=click.Choice(PRECISIONS),
             default="fp32",
             show_default=True,
             help="Autocast precision of the forward passes (fp16/bf16 for CUDA).",
@@ -294,7 +286,7 @@ def make_explainer(
     help="Output folder; outputs mirror the inputs' relative paths.",
 )
 @model_options
-@click.option("--method", type=click.Choice(METHOD_CHOICES), default="scorecam", help=METHOD_HELP)
+@click.option("--method", type=click.Choice(METHODS), default="scorecam", help=METHOD_HELP)
 @click.option(
     "-c",
     "--class",
@@ -366,9 +358,10 @@ def run(
     from scorecam_cli.pipeline import Explained, RunOptions, Skipped
     from scorecam_cli.pipeline import run as run_pipeline
 
-    if colormap.lower() not in render.COLORMAPS:
-        names = ", ".join(render.COLORMAPS)
-        raise UsageFailure(f"unknown colour map {colormap!r}; choose from {names}")
+    try:
+        render.colormap_id(colormap)
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from None
     if skip_existing and overwrite:
         raise click.UsageError("give either --skip-existing or --overwrite, not both")
     explainer = make_explainer(model, weights, layer, input_size, method, class_names, top_k, opts)
@@ -475,7 +468,7 @@ def entry_point() -> None:
 @click.option(
     "--method",
     "methods",
-    type=click.Choice(METHOD_CHOICES),
+    type=click.Choice(METHODS),
     multiple=True,
     help="A method to measure (repeatable). Default: scorecam and gradcam.",
 )
@@ -575,18 +568,7 @@ def evaluate(
     rows = [_report_row(report) for report in reports]
     if record_format == "jsonl":
         for report, row in zip(reports, rows, strict=True):
-            sanity_steps = None
-            if report.sanity is not None:
-                sanity_steps = [
-                    {
-                        "module": s.module,
-                        "randomised": s.randomised,
-                        "of": s.total,
-                        "spearman": round(s.correlation, 4),
-                    }
-                    for s in report.sanity
-                ]
-            _emit(json.dumps({**row, "sanity": sanity_steps} if sanity else row))
+            _emit(json.dumps({**row, "sanity": _sanity_steps(report)} if sanity else row))
     else:
         _emit_table(rows, csv=record_format == "csv")
     ctx.exit(1 if failed else 0)
@@ -605,6 +587,19 @@ def _report_row(report: Any) -> dict[str, Any]:
     if report.sanity:
         row["sanity_spearman_fully_random"] = round(report.sanity[-1].correlation, 4)
     return row
+
+
+def _sanity_steps(report: Any) -> list[dict[str, Any]]:
+    """The sanity check's steps as JSON: which module, how many of all, the mean correlation."""
+    return [
+        {
+            "module": step.module,
+            "randomised": step.randomised,
+            "of": step.total,
+            "spearman": round(step.correlation, 4),
+        }
+        for step in report.sanity
+    ]
 
 
 def _emit_table(rows: list[dict[str, Any]], csv: bool) -> None:

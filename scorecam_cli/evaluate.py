@@ -52,11 +52,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scorecam_cli.cam import (
-    RANGE_EPS,
     CamConfig,
+    as_model_input,
     auto_batch_size,
     compute_cams,
     map_in_chunks,
+    normalise_maps,
     precision_context,
     upsample_maps,
 )
@@ -147,11 +148,7 @@ class SanityStep:
 
 def explanation_masks(saliency: Tensor) -> Tensor:
     """E (N, H, W): each map min-max normalised to [0, 1]; a constant map gives all zeros."""
-    flat = saliency.float().flatten(1)  # (N, H*W)
-    low = flat.amin(dim=1, keepdim=True)
-    span = flat.amax(dim=1, keepdim=True) - low  # (N, 1)
-    masks = torch.where(span > RANGE_EPS, (flat - low) / span.clamp_min(RANGE_EPS), 0.0)
-    return masks.view_as(saliency)
+    return normalise_maps(saliency.float())
 
 
 def explained_probabilities(
@@ -416,9 +413,7 @@ def _probabilities(
 
     def score(start: int, end: int) -> Tensor:
         inputs, targets = build(start, end)  # (B, 3, H, W), (B,)
-        if inputs.device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        logits = model(inputs).float()  # (B, C)
+        logits = model(as_model_input(inputs)).float()  # (B, C)
         return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]  # (B,)
 
     chunk = batch_size or auto_batch_size(device)
@@ -464,8 +459,7 @@ def cam_explainer(
     """
 
     def explain(model: nn.Module, images: Tensor) -> Tensor:
-        # A copy: classes from an inference-mode pass cannot enter a gradient method's graph.
-        targets = torch.as_tensor(classes, dtype=torch.long, device=images.device).clone()
+        targets = torch.as_tensor(classes, dtype=torch.long, device=images.device)
         result = compute_cams(model, layer, images, targets.reshape(-1, 1), config=config)
         size = (int(images.shape[-2]), int(images.shape[-1]))
         return upsample_maps(result.maps, size)[:, 0]  # (N, H, W)

@@ -50,9 +50,16 @@ class LoadedImage:
 
     index: int
     input: InputImage
-    tensor: torch.Tensor | None  # (3, H, W) float32, normalised
-    original_size: tuple[int, int]  # (H, W) of the decoded image; (0, 0) on failure
+    tensor: torch.Tensor | None  # (3, H, W) float32, normalised, at the model's input size
+    pixels: torch.Tensor | None  # (H0, W0, 3) uint8 RGB as decoded, for rendering
     error: str | None
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(H0, W0) of the decoded image; (0, 0) on failure."""
+        if self.pixels is None:
+            return (0, 0)
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
 
 
 # ---------------------------------------------------------------------------- finding inputs
@@ -284,9 +291,10 @@ def load_image(
     try:
         image = read_image(item.path)  # (h, w, 3) uint8 RGB
     except ImageRead as error:
-        return LoadedImage(index, item, None, (0, 0), str(error))
+        return LoadedImage(index, item, None, None, str(error))
     tensor = torch.from_numpy(preprocess(image, size, mean, std))  # (3, H, W)
-    return LoadedImage(index, item, tensor, (image.shape[0], image.shape[1]), None)
+    # Tensors, not arrays: worker processes hand them over in shared memory, uncopied.
+    return LoadedImage(index, item, tensor, torch.from_numpy(image), None)
 
 
 class ImageDataset(Dataset[LoadedImage]):

@@ -1,8 +1,8 @@
 """Glue: stream inputs -> Score-CAM core -> rendering, one record per written map (no click).
 
-Images are decoded in DataLoader workers, explained in batches on the device, and rendered and
-written by a background thread while the next batch runs, so the model does not wait on disk and
-memory stays bounded by two batches whatever the number of inputs.
+Images are decoded once, in DataLoader workers, explained in batches on the device, and rendered
+and written by a background thread while the next batch runs, so the model does not wait on disk
+and memory stays bounded by a few batches whatever the number of inputs.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from scorecam_cli.evaluate import (
     sanity_check,
     summarise,
 )
-from scorecam_cli.images import InputImage, LoadedImage, load_batches, read_image
+from scorecam_cli.images import InputImage, LoadedImage, load_batches
 from scorecam_cli.layers import LayerRef
 from scorecam_cli.models import LoadedModel
 
@@ -198,6 +198,21 @@ def _glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
+def _decoded_batches(
+    explainer: Explainer, inputs: Iterable[InputImage], options: RunOptions
+) -> Iterator[tuple[list[Failure], list[LoadedImage], torch.Tensor | None]]:
+    """Per batch: the inputs that failed to decode, those that did, and their images
+    (N, 3, H, W) on the CPU (None when none decoded)."""
+    prep = explainer.model.preprocessing
+    for loaded in load_batches(
+        inputs, explainer.size, prep.mean, prep.std, options.images_per_batch, options.workers
+    ):
+        failures = [Failure(str(i.input.path), i.error) for i in loaded if i.error is not None]
+        good = [item for item in loaded if item.tensor is not None]
+        tensors = [item.tensor for item in good if item.tensor is not None]  # (3, H, W) each
+        yield failures, good, torch.stack(tensors) if tensors else None
+
+
 def _batches(
     accepted: Iterator[InputImage | Event], explainer: Explainer, options: RunOptions
 ) -> Iterator[tuple[list[Event], list[LoadedImage], CamResult | None]]:
@@ -211,16 +226,10 @@ def _batches(
             else:
                 early.append(item)
 
-    prep = explainer.model.preprocessing
-    for loaded in load_batches(
-        images(), explainer.size, prep.mean, prep.std, options.images_per_batch, options.workers
-    ):
-        events, early[:] = list(early), []
-        good = [item for item in loaded if item.tensor is not None]
-        events += [Failure(str(i.input.path), i.error or "unreadable") for i in loaded if i.error]
-        tensors = [item.tensor for item in good if item.tensor is not None]
-        result = explainer.explain(torch.stack(tensors)) if tensors else None
-        yield events, good, result
+    for failures, good, batch in _decoded_batches(explainer, images(), options):
+        events: list[Event] = [*early, *failures]
+        early.clear()
+        yield events, good, explainer.explain(batch) if batch is not None else None
     if early:
         yield list(early), [], None
 
@@ -274,7 +283,8 @@ def _write_image(
     """Render and write every map (T, h, w) of one image; a failure becomes a Failure event."""
     source = item.input
     try:
-        image = read_image(source.path)  # (H, W, 3) uint8 RGB
+        assert item.pixels is not None, "only decoded images are written"
+        image = item.pixels.numpy()  # (H, W, 3) uint8 RGB
         stem = output_stem(options, source)
         stem.parent.mkdir(parents=True, exist_ok=True)
         records: list[MapRecord] = []
@@ -333,18 +343,13 @@ def evaluate(
     """
     scores: dict[str, list[FaithfulnessScores]] = {c.method: [] for c in configs}
     checks: dict[str, list[list[SanityStep]]] = {c.method: [] for c in configs}
-    prep = explainer.model.preprocessing
     model = explainer.model.module
-    for loaded in load_batches(
-        inputs, explainer.size, prep.mean, prep.std, options.images_per_batch, options.workers
-    ):
-        for item in loaded:
-            if item.error:
-                on_event(Failure(str(item.input.path), item.error))
-        tensors = [item.tensor for item in loaded if item.tensor is not None]
-        if not tensors:
+    for failures, good, batch in _decoded_batches(explainer, inputs, options):
+        for failure in failures:
+            on_event(failure)
+        if batch is None:
             continue
-        images = torch.stack(tensors).to(explainer.device)  # (N, 3, H, W)
+        images = batch.to(explainer.device)  # (N, 3, H, W)
         targets = _eval_targets(explainer, images)  # (N,)
         for config in configs:
             explain = cam_explainer(explainer.layer, targets, config)
@@ -362,9 +367,8 @@ def evaluate(
             )
             if sanity:
                 checks[config.method].append(sanity_check(model, images, explain))
-        for item in loaded:
-            if item.tensor is not None:
-                on_event(Explained(str(item.input.path), []))
+        for item in good:
+            on_event(Explained(str(item.input.path), []))
     if not any(scores.values()):
         return []
     return [
@@ -382,4 +386,4 @@ def _eval_targets(explainer: Explainer, images: torch.Tensor) -> torch.Tensor:
     if explainer.classes:
         return torch.full((len(images),), explainer.classes[0], device=images.device)
     with torch.inference_mode():
-        return explainer.model.module(images).argmax(dim=1).clone()
+        return explainer.model.module(images).argmax(dim=1)

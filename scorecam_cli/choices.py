@@ -1,0 +1,9 @@
+"""The names the Score-CAM core accepts, torch-free: the CLI builds its options from them."""
+
+from __future__ import annotations
+
+SCORE_METHODS = ("scorecam", "faster-scorecam", "sscam", "iscam")
+GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
+METHODS = SCORE_METHODS + GRADIENT_METHODS
+WEIGHTINGS = ("softmax", "prob")
+PRECISIONS = ("fp32", "fp16", "bf16")

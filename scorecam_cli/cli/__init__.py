@@ -1,0 +1,55 @@
+"""The ``scorecam`` command: Click options, help text, record formatting and exit codes only.
+
+stdout carries data (one record per line); progress, logs and errors go to stderr. Heavy imports
+(torch, OpenCV) happen inside commands so ``scorecam --help`` is instant. One module per command;
+``common`` holds what they share.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from scorecam_cli import __version__
+from scorecam_cli.cli.catalog import layers, models
+from scorecam_cli.cli.common import log
+from scorecam_cli.cli.evaluate import evaluate
+from scorecam_cli.cli.run import run
+
+__all__ = ["entry_point", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scorecam")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr: no progress, no logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
+def main(quiet: bool, verbose: bool) -> None:
+    """Score-CAM heatmaps for image classifiers.
+
+    \b
+    scorecam run sample_images/ -o heatmaps/     explain every image of a folder
+    find . -name '*.jpg' | scorecam run - -o out explain a list of paths from stdin
+    scorecam layers resnet50                     the layers you can explain
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("scorecam: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+for _command in (run, evaluate, models, layers):
+    main.add_command(_command)
+
+
+def entry_point() -> None:
+    """The console script: a closed stdout (``| head -n 1``) ends the run quietly."""
+    try:
+        main()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)

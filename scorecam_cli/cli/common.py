@@ -1,0 +1,243 @@
+"""What the ``scorecam`` commands share: one-line errors, option groups, model and layer loading,
+the progress bar and the stdout/stderr writers. Click only; heavy imports happen inside functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from scorecam_cli.choices import PRECISIONS, WEIGHTINGS
+
+if TYPE_CHECKING:
+    from scorecam_cli.layers import LayerRef
+    from scorecam_cli.models import LoadedModel
+    from scorecam_cli.pipeline import Explainer, Failure
+
+log = logging.getLogger("scorecam_cli")
+F = TypeVar("F", bound=Callable[..., Any])
+
+METHOD_HELP = (
+    "scorecam: exact Score-CAM (default). faster-scorecam: APPROXIMATE, only the --top-channels "
+    "channels of highest activation variance. sscam: APPROXIMATE, noise-smoothed masks "
+    "(--samples noisy copies). iscam: APPROXIMATE, integrated masks (--samples steps). "
+    "gradcam, gradcam++, layercam: gradient baselines, one backward pass. Measured fidelity of "
+    "each: README, Methods."
+)
+
+
+class UsageFailure(click.ClickException):
+    """A one-line error about what the user asked for (exit code 2)."""
+
+    exit_code = 2
+
+
+class Fatal(click.ClickException):
+    """A one-line error that stops the run (exit code 1)."""
+
+    exit_code = 1
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's one-line errors into Click exits: 2 for bad names, 1 otherwise."""
+    from scorecam_cli.errors import ScoreCamError, UnknownLayer, UnknownModel
+
+    try:
+        yield
+    except (UnknownModel, UnknownLayer) as exc:
+        raise UsageFailure(str(exc)) from None
+    except (ScoreCamError, ValueError) as exc:
+        raise Fatal(str(exc)) from None
+
+
+def model_options(function: F) -> F:
+    """--model, --weights, --layer and --input-size, shared by every command that loads a model."""
+    options = [
+        click.option(
+            "-m",
+            "--model",
+            default="efficientnet_lite0",
+            show_default=True,
+            help="A torchvision classification model, the embedded efficientnet_lite0, or "
+            "package.module:factory (a callable returning an nn.Module).",
+        ),
+        click.option(
+            "-w",
+            "--weights",
+            default="DEFAULT",
+            show_default=True,
+            help="DEFAULT, a torchvision weights name (e.g. IMAGENET1K_V2), none (random init) "
+            "or a state-dict file. Named weights are read from the torch hub cache.",
+        ),
+        click.option(
+            "-l",
+            "--layer",
+            default=None,
+            help="Target layer: a dotted module name (layer4, features.29), with :CALL for a "
+            "module that runs more than once. Default: the last layer whose output is a map.",
+        ),
+        click.option(
+            "--input-size",
+            type=click.IntRange(16),
+            default=None,
+            help="Resize images to this square size. Default: the model's own.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def load_explained_model(
+    model: str, weights: str, layer: str | None, input_size: int | None
+) -> tuple[LoadedModel, LayerRef, tuple[int, int]]:
+    """Load the model and resolve the layer (logged when it is the default)."""
+    from scorecam_cli.layers import default_layer, layer_shape, parse_layer
+    from scorecam_cli.models import load_model
+
+    with user_errors():
+        loaded = load_model(model, weights)
+        size = (input_size, input_size) if input_size else loaded.preprocessing.input_size
+        if layer is None:
+            info = default_layer(loaded.module, size)
+            ref, shape = info.ref, info.shape
+            log.info("layer %s (default), %s", ref, shape_text(shape))
+        else:
+            ref = parse_layer(loaded.module, layer)
+            shape = layer_shape(loaded.module, ref, size)
+            log.debug("layer %s, %s", ref, shape_text(shape))
+    return loaded, ref, size
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(v) for v in shape[1:])
+
+
+def cam_options(function: F) -> F:
+    """The Score-CAM core's options, shared by run and eval."""
+    options = [
+        click.option(
+            "--weighting",
+            type=click.Choice(WEIGHTINGS),
+            default="softmax",
+            show_default=True,
+            help="softmax: channel weights are the softmax over channels of the masked inputs' "
+            "class logits (the paper's Algorithm 1; pytorch-grad-cam and torchcam). prob: each "
+            "masked input's class probability (the authors' released code).",
+        ),
+        click.option(
+            "-b",
+            "--batch-size",
+            type=click.IntRange(1),
+            default=None,
+            help="Masked images per forward pass. Default: measured per device (CPU 4, CUDA 128).",
+        ),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="auto (CUDA when present), cpu, cuda or cuda:N.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default="fp32",
+            show_default=True,
+            help="Autocast precision of the forward passes (fp16/bf16 for CUDA).",
+        ),
+        click.option(
+            "--top-channels",
+            type=click.IntRange(1),
+            default=256,
+            show_default=True,
+            help="faster-scorecam: channels kept per image.",
+        ),
+        click.option(
+            "--samples",
+            type=click.IntRange(1),
+            default=8,
+            show_default=True,
+            help="sscam: noisy copies per mask; iscam: integration steps.",
+        ),
+        click.option(
+            "--no-sharing",
+            is_flag=True,
+            help="Score every channel's masked input, even identical ones (slower, same maps).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def make_config(method: str, **opts: Any) -> Any:
+    from scorecam_cli.cam import CamConfig
+
+    return CamConfig(
+        method=method,
+        weighting=opts["weighting"],
+        batch_size=opts["batch_size"],
+        precision=opts["precision"],
+        share_masks=not opts["no_sharing"],
+        top_channels=opts["top_channels"],
+        samples=opts["samples"],
+    )
+
+
+def make_explainer(
+    model: str,
+    weights: str,
+    layer: str | None,
+    input_size: int | None,
+    method: str,
+    class_names: tuple[str, ...],
+    top_k: int,
+    opts: dict[str, Any],
+) -> Explainer:
+    """Everything `run` and `eval` need to explain a batch, from the command-line options."""
+    from scorecam_cli.cam import prepare_model, resolve_device
+    from scorecam_cli.models import parse_class
+    from scorecam_cli.pipeline import Explainer
+
+    if class_names and top_k != 1:
+        raise click.UsageError("give either --class or --top-k, not both")
+    loaded, ref, size = load_explained_model(model, weights, layer, input_size)
+    with user_errors():
+        device = resolve_device(opts["device"])
+        classes = [parse_class(text, loaded.categories) for text in class_names] or None
+        loaded.module = prepare_model(loaded.module, device)
+        config = make_config(method, **opts)
+    log.debug("model %s (%s) on %s", loaded.name, loaded.weights, device)
+    return Explainer(loaded, ref, device, config, classes, top_k, size)
+
+
+def report_failure(failure: Failure) -> None:
+    """One line on stderr naming the file and the reason."""
+    reason = failure.reason
+    text = reason if reason.startswith(failure.input) else f"{failure.input}: {reason}"
+    click.echo(f"scorecam: error: {text}", err=True)
+
+
+@contextmanager
+def progress() -> Iterator[Any]:
+    """A tqdm bar of images on stderr; off with --quiet or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    quiet = log.getEffectiveLevel() > logging.INFO
+    bar = tqdm(unit="img", file=sys.stderr, disable=quiet or not sys.stderr.isatty(), leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def emit(line: str) -> None:
+    """Write one record to stdout and flush it, so a pipe sees each record at once."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -9,13 +9,19 @@ Workers never read stdin or walk folders themselves, so a ``find ... | scorecam 
 
 from __future__ import annotations
 
-import itertools
+import logging
 import os
+import signal
+import stat
 import sys
+import tempfile
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import TextIO
+from typing import IO
 
 import cv2
 import numpy as np
@@ -28,9 +34,27 @@ from scorecam_cli.errors import ImageRead
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif"}
     | {".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras", ".jp2"}
 )
+
+log = logging.getLogger("scorecam_cli")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one input may cost before it is decoded: file size and pixel count (from its header).
+
+    ``batch_pixels`` bounds the original pixels of one batch, so a batch of large images is cut
+    short rather than held in memory whole.
+    """
+
+    max_file_bytes: int = 256 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    batch_pixels: int = 100_000_000
+
+
+DEFAULT_LIMITS = Limits()
 
 _JPEG_MAGIC = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,6 +66,7 @@ class InputImage:
 
     path: Path
     relative: Path
+    problem: str | None = None  # why it cannot be read at all (a folder we could not list...)
 
 
 @dataclass
@@ -53,6 +78,7 @@ class LoadedImage:
     tensor: torch.Tensor | None  # (3, H, W) float32, normalised, at the model's input size
     pixels: torch.Tensor | None  # (H0, W0, 3) uint8 RGB as decoded, for rendering
     error: str | None
+    warning: str | None = None  # what the decoder said on stderr about a file it did decode
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -65,49 +91,97 @@ class LoadedImage:
 # ---------------------------------------------------------------------------- finding inputs
 
 
-def find_inputs(specs: Sequence[str], stdin: TextIO | None = None) -> Iterator[InputImage]:
+def find_inputs(
+    specs: Sequence[str], stdin: IO[bytes] | IO[str] | None = None, null: bool = False
+) -> Iterator[InputImage]:
     """Lazily yield the images named by ``specs``: files, folders (recursive), or ``-`` for stdin.
 
     Named files and paths that do not exist are yielded as they are, so that reading them
-    reports the problem. ``stdin`` defaults to ``sys.stdin``.
+    reports the problem; so are folders that cannot be listed and symlink loops (with
+    ``problem`` set). ``stdin`` defaults to ``sys.stdin``; ``null`` splits it on NUL bytes.
     """
     for spec in specs:
         if spec == "-":
-            yield from _stdin_inputs(stdin if stdin is not None else sys.stdin)
+            source = stdin if stdin is not None else sys.stdin
+            yield from _stdin_inputs(getattr(source, "buffer", source), null)
         elif os.path.isdir(spec):
             root = Path(spec)
-            for path in _walk(root):
-                yield InputImage(path, path.relative_to(root))
+            for path, problem in _walk(root):
+                yield InputImage(path, path.relative_to(root), problem)
         else:
             path = Path(spec)
             yield InputImage(path, Path(path.name))
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Path) -> Iterator[tuple[Path, str | None]]:
     """Image files below ``folder`` in sorted relative-path order; hidden entries are skipped.
 
-    Symlinked folders are not followed (no loops); symlinked files are.
+    Symlinked folders are not followed (no loops); symlinked files are. A folder that cannot
+    be listed, or a symlink that cannot be followed, comes out with the reason, not a raise.
     """
     try:
         with os.scandir(folder) as scan:
             entries = sorted(scan, key=lambda entry: entry.name)
     except OSError as error:
-        raise ImageRead(f"{folder}: cannot list folder ({error.strerror or error})") from error
+        yield folder, f"{folder}: cannot list folder ({error.strerror or error})"
+        return
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(Path(entry.path))
-        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-            yield Path(entry.path)
+        path = Path(entry.path)
+        if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(path)
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            is_file = not is_dir and entry.is_file()
+        except OSError as error:
+            yield path, f"{path}: cannot follow ({error.strerror or error})"
+            continue
+        if is_dir:
+            yield from _walk(path)
+        elif is_file:
+            yield path, None
+        elif entry.is_symlink() and not os.path.exists(path):
+            yield path, f"{path}: broken symlink or symlink loop"
 
 
-def _stdin_inputs(lines: Iterable[str]) -> Iterator[InputImage]:
-    """One input per non-blank line, read lazily; outputs mirror a made-safe form of the path."""
-    for line in lines:
-        name = line.strip()
-        if name:
-            yield InputImage(Path(name), _safe_relative(name))
+def _stdin_inputs(stream: IO[bytes] | IO[str] | Iterable[str], null: bool) -> Iterator[InputImage]:
+    """One input per non-blank line (or NUL-separated name), read lazily; outputs mirror a
+    made-safe form of the path. Names are bytes decoded as the file system does."""
+    for raw in _records(stream, b"\0" if null else b"\n"):
+        name = os.fsdecode(raw.rstrip(b"\r") if not null else raw)
+        if not null:
+            name = name.strip()
+        if not name:
+            continue
+        if "\0" in name:
+            shown = name.replace("\0", "\\0")
+            yield InputImage(Path(shown), Path("__"), f"{shown}: a path with a NUL byte")
+            continue
+        yield InputImage(Path(name), _safe_relative(name))
+
+
+def _records(stream: IO[bytes] | IO[str] | Iterable[str], separator: bytes) -> Iterator[bytes]:
+    """Records of ``stream`` split on ``separator``, read in chunks as they come (a stream of
+    bytes or text, or any iterable of text chunks such as lines)."""
+    pending = b""
+    for chunk in _chunks(stream):
+        pending += os.fsencode(chunk) if isinstance(chunk, str) else chunk
+        *complete, pending = pending.split(separator)
+        yield from complete
+    if pending:
+        yield pending
+
+
+def _chunks(stream: IO[bytes] | IO[str] | Iterable[str]) -> Iterator[bytes | str]:
+    read = getattr(stream, "read1", None) or getattr(stream, "read", None)
+    if read is None:
+        yield from stream
+        return
+    while chunk := read(65536):
+        yield chunk
 
 
 def _safe_relative(name: str) -> Path:
@@ -121,16 +195,24 @@ def _safe_relative(name: str) -> Path:
 # ---------------------------------------------------------------------------- decoding
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB; raise ImageRead with a one-line reason.
 
-    EXIF orientation is applied, gray is expanded to 3 channels, alpha is composited over white,
-    and 16-bit or float images are scaled to 8 bits (value / 257 for 16-bit).
+    Only regular files up to ``limits.max_file_bytes`` are read, and only images whose header
+    gives at most ``limits.max_pixels`` pixels are decoded. EXIF orientation is applied, gray is
+    expanded to 3 channels, alpha is composited over white, and 16-bit or float images are
+    scaled to 8 bits (value / 257 for 16-bit).
     """
-    data = _read_bytes(path)
+    data = _read_bytes(path, limits.max_file_bytes)
     problem = _truncation(data)
     if problem is not None:
         raise ImageRead(f"{path}: {problem}")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > limits.max_pixels:
+        raise ImageRead(
+            f"{path}: {size[1]}x{size[0]} is {size[0] * size[1]:,} pixels, over the limit of "
+            f"{limits.max_pixels:,} (--max-pixels)"
+        )
     buffer = np.frombuffer(data, dtype=np.uint8)
     # IMREAD_COLOR applies EXIF orientation but gives 8-bit BGR without alpha (None for float).
     oriented = _decode(buffer, cv2.IMREAD_COLOR)  # (H, W, 3) uint8 BGR
@@ -140,6 +222,11 @@ def read_image(path: Path) -> np.ndarray:
     raw = oriented if jpeg else _decode(buffer, cv2.IMREAD_UNCHANGED)  # (H, W[, C]), any depth
     if raw is None:
         raise ImageRead(f"{path}: not an image OpenCV can decode")
+    if raw.shape[0] * raw.shape[1] > limits.max_pixels:  # a format whose header we cannot read
+        raise ImageRead(
+            f"{path}: {raw.shape[0] * raw.shape[1]:,} pixels, over the limit of "
+            f"{limits.max_pixels:,} (--max-pixels)"
+        )
     if oriented is None or raw.dtype not in (np.uint8, np.uint16):
         return _to_rgb8(raw)  # no comparable 8-bit view to take the orientation from
     if raw.dtype == np.uint8 and (raw.ndim == 2 or raw.shape[2] in (1, 3)):
@@ -147,19 +234,93 @@ def read_image(path: Path) -> np.ndarray:
     return _to_rgb8(_orient_like(raw, oriented))
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes; ImageRead for a missing, unreadable, folder or empty path."""
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(H, W) from the image header alone (Pillow parses headers lazily); None if unknown."""
+    import io
+    import warnings
+
+    from PIL import Image
+
     try:
-        data = path.read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Exception:  # any header Pillow cannot parse: OpenCV decides
+        return None
+    return int(height), int(width)
+
+
+def _read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; ImageRead otherwise.
+
+    The file is opened without blocking and checked to be a regular file before any read, so a
+    FIFO, a device (``/dev/zero``) or a socket named as an input fails at once.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ImageRead(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageRead(f"{path}: is a folder, not an image file") from None
     except OSError as error:
         raise ImageRead(f"{path}: cannot read ({error.strerror or error})") from None
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        os.close(fd)
+        raise ImageRead(f"{path}: is a folder, not an image file")
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageRead(f"{path}: not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size > limit:
+            raise ImageRead(
+                f"{path}: {info.st_size / 2**20:,.1f} MB, over the limit of "
+                f"{limit / 2**20:,.0f} MB (--max-file-mb)"
+            )
+        try:
+            data = file.read(limit + 1)
+        except OSError as error:
+            raise ImageRead(f"{path}: cannot read ({error.strerror or error})") from None
+    if len(data) > limit:
+        raise ImageRead(f"{path}: over the limit of {limit / 2**20:,.0f} MB (--max-file-mb)")
     if not data:
         raise ImageRead(f"{path}: empty file")
     return data
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+@contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Collect what C libraries (libpng, libjpeg, libtiff) print on file descriptor 2 meanwhile.
+
+    The lines land in the yielded list when the block ends, so they can be reported with the
+    name of the file that caused them. Only in the main thread of a process (else a no-op).
+    """
+    lines: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lines
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read(4096).decode("utf-8", "replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _truncation(data: bytes) -> str | None:
@@ -286,28 +447,49 @@ def load_image(
     size: tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> LoadedImage:
-    """Decode and preprocess one input; a file that cannot be read gives ``error``, not a raise."""
-    try:
-        image = read_image(item.path)  # (h, w, 3) uint8 RGB
-    except ImageRead as error:
-        return LoadedImage(index, item, None, None, str(error))
+    """Decode and preprocess one input; a file that cannot be read gives ``error``, not a raise.
+
+    What the decoding libraries print on stderr meanwhile is captured: it becomes the error's
+    detail when decoding fails, else ``warning``, each naming the file.
+    """
+    if item.problem is not None:
+        return LoadedImage(index, item, None, None, item.problem)
+    with captured_stderr() as said:
+        try:
+            image = read_image(item.path, limits)  # (h, w, 3) uint8 RGB
+        except ImageRead as error:
+            image, failure = None, str(error)
+        except MemoryError:
+            image, failure = None, f"{item.path}: out of memory while decoding"
+    detail = "; ".join(said)[:300] or None
+    if image is None:
+        return LoadedImage(index, item, None, None, f"{failure} ({detail})" if detail else failure)
     tensor = torch.from_numpy(preprocess(image, size, mean, std))  # (3, H, W)
     # Tensors, not arrays: worker processes hand them over in shared memory, uncopied.
-    return LoadedImage(index, item, tensor, torch.from_numpy(image), None)
+    warning = f"{item.path}: decoder said: {detail}" if detail else None
+    return LoadedImage(index, item, tensor, torch.from_numpy(image), None, warning)
 
 
 class ImageDataset(Dataset[LoadedImage]):
     """Map-style dataset whose keys are ``(index, InputImage)``: it decodes what it is handed."""
 
-    def __init__(self, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.size = size
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.limits = limits
 
     def __getitem__(self, key: tuple[int, InputImage]) -> LoadedImage:
         index, item = key
-        return load_image(index, item, self.size, self.mean, self.std)
+        return load_image(index, item, self.size, self.mean, self.std, self.limits)
 
 
 def load_batches(
@@ -317,33 +499,97 @@ def load_batches(
     std: Sequence[float],
     batch_size: int,
     workers: int,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Iterator[list[LoadedImage]]:
     """Yield lists of at most ``batch_size`` LoadedImage, in input order, decoded lazily.
 
     ``workers`` > 0 decodes in that many worker processes, 0 in this process. Failed files are
-    included with ``tensor=None`` and ``error`` set; this never raises for a bad file.
+    included with ``tensor=None`` and ``error`` set; this never raises for a bad file. A batch
+    also ends once its images' header pixel counts reach ``limits.batch_pixels``. A worker
+    killed from outside (the OOM killer) fails the images it had in hand; a fresh pool goes on.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
-    loader = DataLoader(
-        ImageDataset(size, mean, std),
-        batch_sampler=_numbered_batches(inputs, batch_size),
-        num_workers=workers,
-        collate_fn=_as_list,
-        worker_init_fn=_init_worker if workers > 0 else None,
-    )
-    yield from loader
+    numbered = enumerate(inputs)
+    in_hand: deque[tuple[int, InputImage]] = deque()
+    while True:
+        loader = DataLoader(
+            ImageDataset(size, mean, std, limits),
+            batch_sampler=_numbered_batches(numbered, batch_size, limits.batch_pixels, in_hand),
+            num_workers=workers,
+            collate_fn=_as_list,
+            worker_init_fn=_init_worker if workers > 0 else None,
+        )
+        batches = iter(loader)
+        _default_sigchld()  # a dead worker is reported by the next fetch, not at a random point
+        try:
+            for batch in batches:
+                done = {loaded.index for loaded in batch}
+                while in_hand and in_hand[0][0] in done:
+                    in_hand.popleft()
+                yield batch
+            return
+        except RuntimeError as error:
+            if workers == 0 or "DataLoader worker" not in str(error):
+                raise
+            reason = str(error).strip().splitlines()[0].rstrip(".")
+            lost = list(in_hand)
+            in_hand.clear()
+            del batches
+            yield [
+                LoadedImage(i, item, None, None, f"{item.path}: decoding process died ({reason})")
+                for i, item in lost
+            ]
+
+
+def _default_sigchld() -> None:
+    """Torch raises a dead worker's error from a SIGCHLD handler, anywhere in the main thread;
+    the default handler leaves it to the fetch (which checks worker liveness every few seconds)."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _numbered_batches(
-    inputs: Iterable[InputImage], batch_size: int
+    numbered: Iterator[tuple[int, InputImage]],
+    batch_size: int,
+    batch_pixels: int,
+    in_hand: deque[tuple[int, InputImage]],
 ) -> Iterator[list[tuple[int, InputImage]]]:
-    """Lists of ``(index, InputImage)`` keys, read lazily from ``inputs`` in the main process."""
-    numbered = enumerate(inputs)
-    while batch := list(itertools.islice(numbered, batch_size)):
+    """Lists of ``(index, InputImage)`` keys, read lazily in the main process; each handed-out key
+    is noted in ``in_hand`` until its image comes back."""
+    batch: list[tuple[int, InputImage]] = []
+    pixels = 0
+    for key in numbered:
+        batch.append(key)
+        in_hand.append(key)
+        pixels += _header_pixels(key[1])
+        if len(batch) >= batch_size or pixels >= batch_pixels:
+            yield batch
+            batch, pixels = [], 0
+    if batch:
         yield batch
+
+
+def _header_pixels(item: InputImage) -> int:
+    """The pixel count a regular file's header announces (0 when unknown); never blocks."""
+    if item.problem is not None:
+        return 0
+    try:
+        fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        return 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        head = os.read(fd, 256 * 1024)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    size = header_size(head)
+    return size[0] * size[1] if size else 0
 
 
 def _as_list(batch: list[LoadedImage]) -> list[LoadedImage]:

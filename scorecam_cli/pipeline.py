@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,10 +20,11 @@ import torch
 from scorecam_cli import render
 from scorecam_cli.cam import CamConfig, CamResult, compute_cams
 from scorecam_cli.errors import ScoreCamError
-from scorecam_cli.images import InputImage, LoadedImage, load_batches
+from scorecam_cli.images import DEFAULT_LIMITS, InputImage, Limits, LoadedImage, load_batches
 from scorecam_cli.layers import LayerRef
 from scorecam_cli.manifest import MANIFEST_NAME, ManifestWriter, entry_from_record
 from scorecam_cli.models import LoadedModel
+from scorecam_cli.outputs import OutputIndex
 
 log = logging.getLogger("scorecam_cli")
 
@@ -41,6 +42,8 @@ class RunOptions:
     images_per_batch: int = 8
     workers: int = 1
     manifest_name: str = MANIFEST_NAME  # under output_dir; every written map gets a line
+    limits: Limits = DEFAULT_LIMITS  # file size, pixels per image and per batch
+    fail_fast: bool = False  # stop taking new inputs after the first failure
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,15 @@ class Skipped:
 
 
 Event = Explained | Failure | Skipped
+
+
+@dataclass
+class StopRequest:
+    """Ends a run early when ``requested``. ``computing`` is true while a KeyboardInterrupt loses
+    nothing (a batch is being decoded or explained): a SIGINT handler may raise one only then."""
+
+    requested: bool = False
+    computing: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,29 +159,56 @@ def output_paths(stem: Path, class_index: int, method: str = "scorecam") -> dict
     }
 
 
-def run(explainer: Explainer, inputs: Iterable[InputImage], options: RunOptions) -> Iterator[Event]:
+def run(
+    explainer: Explainer,
+    inputs: Iterable[InputImage],
+    options: RunOptions,
+    stop: StopRequest | None = None,
+) -> Iterator[Event]:
     """Explain every input and write its outputs: one event per input, in input order.
 
     A bad input becomes a Failure event, never an exception, so the run goes on with the others.
-    Every written map gets its manifest line (flushed) before its event is yielded.
+    Every written map gets its manifest line (flushed) before its event is yielded. The run ends
+    early when ``stop.requested`` turns true, when a KeyboardInterrupt arrives while a batch is
+    decoded or explained (``stop.computing``), or after a failure with ``options.fail_fast``:
+    then no new batch starts, the maps being written are finished, and every map written is
+    still yielded before it returns.
     """
-    accepted = _accepted_inputs(inputs, options, explainer.targets_per_image)
+    accepted = _accepted_inputs(inputs, options, explainer)
     pending: deque[tuple[list[Event], list[Future[Event]]]] = deque()
     manifest = ManifestWriter(options.output_dir / options.manifest_name)
     settings = {**explainer.settings(), "colormap": options.colormap, "alpha": options.alpha}
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorecam-writer")
+    failed = False
+
+    stop = stop or StopRequest()
+
+    def stopping() -> bool:
+        return stop.requested or (options.fail_fast and failed)
+
     with writer, manifest:
+        batches = _batches(accepted, explainer, options)
         try:
-            for batch in _batches(accepted, explainer, options):
+            while not stopping():
+                try:
+                    stop.computing = True
+                    batch = next(batches)
+                except (StopIteration, KeyboardInterrupt):
+                    break
+                finally:
+                    stop.computing = False
                 pending.append(_submit(batch, explainer, options, writer))
-                while len(pending) > 1:  # keep one batch rendering while the next computes
-                    yield from _recorded(_collect(pending.popleft()), manifest, options, settings)
-            while pending:
-                yield from _recorded(_collect(pending.popleft()), manifest, options, settings)
+                while len(pending) > 1 and not stopping():  # one renders, the next computes
+                    done = _collect(pending.popleft())
+                    for event in _recorded(done, manifest, options, settings):
+                        failed = failed or isinstance(event, Failure)
+                        yield event
         finally:
-            for _, futures in pending:
-                for future in futures:
-                    future.cancel()
+            batches.close()
+        # Stopping or done: finish what the writer started, drop what it did not, report all.
+        for events, futures in pending:
+            started = [f for f in futures if not (stopping() and f.cancel())]
+            yield from _recorded(_collect((events, started)), manifest, options, settings)
 
 
 def _recorded(
@@ -190,14 +229,24 @@ def _recorded(
 
 
 def _accepted_inputs(
-    inputs: Iterable[InputImage], options: RunOptions, targets: int
+    inputs: Iterable[InputImage], options: RunOptions, explainer: Explainer
 ) -> Iterator[InputImage | Event]:
-    """Inputs to explain, or an event for those that need no work or cannot be written."""
+    """Inputs to explain, or an event for those that need no work or cannot be written.
+
+    Our own outputs found again by a folder walk (when OUT is, or holds, an input folder) are
+    left out. Existence is decided per map from the exact files it needs, with one scan per
+    output folder (see :mod:`scorecam_cli.outputs`).
+    """
     seen: set[Path] = set()
-    out_root = options.output_dir.resolve()
+    index = OutputIndex(options.output_dir)
+    method = explainer.config.method
+    classes = list(explainer.classes) if explainer.classes else None
     for item in inputs:
-        if _inside(item.path, out_root):
-            continue  # our own outputs, found again by a folder walk
+        if item.problem is not None:
+            yield Failure(str(item.path), item.problem)
+            continue
+        if index.is_ours(item.path):
+            continue
         stem = output_stem(options, item)
         if stem in seen:
             yield Failure(
@@ -205,27 +254,17 @@ def _accepted_inputs(
             )
             continue
         seen.add(stem)
-        existing = sorted(stem.parent.glob(f"{_glob_escape(stem.name)}.c*.npy"))
-        if existing and options.skip_existing and len(existing) >= targets:
+        heatmap = options.save_heatmap
+        if options.skip_existing and index.done(stem, method, classes, explainer.top_k, heatmap):
             yield Skipped(str(item.path))
-        elif existing and not options.overwrite:
+            continue
+        existing = index.conflict(stem, method, classes, heatmap)
+        if existing is not None and not (options.overwrite or options.skip_existing):
             yield Failure(
-                str(item.path),
-                f"outputs exist ({existing[0]}); use --overwrite or --skip-existing",
+                str(item.path), f"outputs exist ({existing}); use --overwrite or --skip-existing"
             )
         else:
             yield item
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(root)
-    except OSError:
-        return False
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def decoded_batches(
@@ -235,8 +274,17 @@ def decoded_batches(
     (N, 3, H, W) on the CPU (None when none decoded)."""
     prep = explainer.model.preprocessing
     for loaded in load_batches(
-        inputs, explainer.size, prep.mean, prep.std, options.images_per_batch, options.workers
+        inputs,
+        explainer.size,
+        prep.mean,
+        prep.std,
+        options.images_per_batch,
+        options.workers,
+        options.limits,
     ):
+        for item in loaded:
+            if item.warning is not None:
+                log.warning("warning: %s", item.warning)
         failures = [Failure(str(i.input.path), i.error) for i in loaded if i.error is not None]
         good = [item for item in loaded if item.tensor is not None]
         tensors = [item.tensor for item in good if item.tensor is not None]  # (3, H, W) each
@@ -245,7 +293,7 @@ def decoded_batches(
 
 def _batches(
     accepted: Iterator[InputImage | Event], explainer: Explainer, options: RunOptions
-) -> Iterator[tuple[list[Event], list[LoadedImage], CamResult | None]]:
+) -> Generator[tuple[list[Event], list[LoadedImage], CamResult | None], None, None]:
     """Batches of decoded images with their maps; events for inputs that were not decoded."""
     early: list[Event] = []
 
@@ -278,6 +326,10 @@ def _submit(
     probabilities = result.probabilities.cpu().tolist()
     passes = result.image_passes.cpu().tolist()
     saved = result.image_passes_saved.cpu().tolist()
+    finite = finite_rows(maps, np.asarray(probabilities, dtype=np.float64))  # (N,)
+    events = events + [
+        Failure(str(item.input.path), NOT_FINITE) for n, item in enumerate(good) if not finite[n]
+    ]
     futures = [
         writer.submit(
             _write_image,
@@ -290,8 +342,20 @@ def _submit(
             options,
         )
         for n, item in enumerate(good)
+        if finite[n]
     ]
     return events, futures
+
+
+NOT_FINITE = "the model gave NaN or infinite scores or maps for this input; nothing written"
+
+
+def finite_rows(*arrays: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows whose values are all finite in every array (each (N, ...))."""
+    rows = np.ones(len(arrays[0]), dtype=bool)
+    for array in arrays:
+        rows &= np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return rows
 
 
 def _collect(entry: tuple[list[Event], list[Future[Event]]]) -> Iterator[Event]:

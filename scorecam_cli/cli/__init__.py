@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
+from typing import TextIO
 
 import click
 
 from scorecam_cli import __version__
 from scorecam_cli.cli.catalog import layers, models
-from scorecam_cli.cli.common import log
+from scorecam_cli.cli.common import StdoutClosed, log
 from scorecam_cli.cli.evaluate import evaluate
 from scorecam_cli.cli.run import run
 
@@ -46,10 +48,32 @@ for _command in (run, evaluate, models, layers):
 
 
 def entry_point() -> None:
-    """The console script: a closed stdout (``| head -n 1``) ends the run quietly."""
+    """The console script. Exit codes as shells expect: 141 when stdout is closed (``| head -1``),
+    quietly; 130 on Ctrl-C, without a traceback or Click's "Aborted!"."""
+    warnings.showwarning = _one_line_warning
     try:
-        main()
-    except BrokenPipeError:
+        code = main.main(standalone_mode=False)
+    except StdoutClosed:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(141)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.stderr.write("\n")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Library warnings (torch, torchvision) as one line on stderr, without source lines."""
+    text = str(message).strip().splitlines()
+    log.warning("warning: %s: %s", category.__name__, text[0] if text else "")

@@ -207,14 +207,69 @@ def make_explainer(
 
     if class_names and top_k != 1:
         raise click.UsageError("give either --class or --top-k, not both")
+    check_device(opts["device"], opts["precision"])
     loaded, ref, size = load_explained_model(model, weights, layer, input_size)
     with user_errors():
         device = resolve_device(opts["device"])
         classes = [parse_class(text, loaded.categories) for text in class_names] or None
         loaded.module = prepare_model(loaded.module, device)
         config = make_config(method, **opts)
+    check_classes(loaded.module, device, size, classes, top_k)
     log.debug("model %s (%s) on %s", loaded.name, loaded.weights, device)
     return Explainer(loaded, ref, device, config, classes, top_k, size)
+
+
+def check_device(spec: str, precision: str) -> None:
+    """A usage error for a device torch cannot name or we cannot compute on, and for fp16 on the
+    CPU (emulated: several times slower than fp32); bf16 on the CPU gets a warning."""
+    import torch
+
+    allowed = "auto, cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device("cpu" if spec == "auto" else spec)
+    except (RuntimeError, ValueError):
+        raise UsageFailure(f"--device {spec!r} is not a device; use {allowed}") from None
+    if spec == "auto" and torch.cuda.is_available():
+        device = torch.device("cuda")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            found = f"{count} CUDA device(s)" if count else "no CUDA GPU"
+            raise UsageFailure(f"--device {spec}: torch sees {found}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageFailure(f"--device {spec}: MPS (Apple GPU) is not available here")
+    elif device.type != "cpu":
+        raise UsageFailure(f"--device {spec}: cannot compute maps on {device.type}; use {allowed}")
+    if device.type == "cpu" and precision == "fp16":
+        raise UsageFailure(
+            "--precision fp16 on the CPU is emulated, about 6x slower than fp32 and less exact; "
+            "use fp32 (fp16 is for CUDA)"
+        )
+    if device.type == "cpu" and precision == "bf16":
+        log.warning(
+            "warning: --precision bf16 on the CPU is fast only on CPUs with bf16 instructions "
+            "(AVX512-BF16, AMX), and less exact than fp32"
+        )
+
+
+def check_classes(
+    module: Any, device: Any, size: tuple[int, int], classes: list[int] | None, top_k: int
+) -> None:
+    """A usage error for a class index or a top-k past the model's number of outputs, found by
+    one forward pass of a blank image (so models without class names are checked too)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = module(torch.zeros(1, 3, *size, device=device))
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        return  # the model's output is judged where it is used
+    count = int(logits.shape[1])
+    for index in classes or []:
+        if index >= count:
+            raise UsageFailure(f"--class {index} is out of range: the model has {count} classes")
+    if not classes and top_k > count:
+        raise UsageFailure(f"--top-k {top_k} is more than the model's {count} classes")
 
 
 def report_failure(failure: Failure) -> None:
@@ -237,7 +292,27 @@ def progress() -> Iterator[Any]:
         bar.close()
 
 
-def emit(line: str) -> None:
-    """Write one record to stdout and flush it, so a pipe sees each record at once."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``| head -1``): the run ends quietly with exit 141.
+
+    Not an OSError, so that Click does not turn it into exit 1."""
+
+
+def emit(line: str, end: str = "\n") -> None:
+    """Write one record to stdout and flush it, so a pipe sees each record at once.
+
+    ``line`` may hold surrogate escapes (file names that are not UTF-8): they go out as the
+    original bytes, as ``find -print0`` would print them.
+    """
+    data = (line + end).encode("utf-8", "surrogateescape")
+    try:
+        stream = getattr(sys.stdout, "buffer", None)
+        if stream is None:
+            sys.stdout.write(data.decode("utf-8", "replace"))
+        else:
+            sys.stdout.flush()
+            stream.write(data)
+            stream.flush()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed() from None

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +18,7 @@ import click
 from scorecam_cli.choices import METHODS
 from scorecam_cli.cli.common import (
     METHOD_HELP,
+    Fatal,
     UsageFailure,
     cam_options,
     emit,
@@ -24,7 +29,7 @@ from scorecam_cli.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from scorecam_cli.pipeline import MapRecord
+    from scorecam_cli.pipeline import MapRecord, StopRequest
 
 log = logging.getLogger("scorecam_cli")
 
@@ -62,6 +67,26 @@ log = logging.getLogger("scorecam_cli")
 @click.option(
     "--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heat opacity."
 )
+@click.option(
+    "--max-file-mb",
+    type=click.FloatRange(0, min_open=True),
+    default=256,
+    show_default=True,
+    help="Refuse input files larger than this (MB).",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=50_000_000,
+    show_default=True,
+    help="Refuse images whose header announces more pixels (decompression bombs).",
+)
+@click.option(
+    "-0",
+    "--null",
+    is_flag=True,
+    help="Records end with NUL, not newline (for xargs -0); '-' reads NUL-separated paths.",
+)
 @click.option("--heatmap", "save_heatmap", is_flag=True, help="Also write the bare heatmap PNG.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs exist (resume).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
@@ -97,6 +122,9 @@ def run(
     fail_fast: bool,
     image_batch: int,
     workers: int,
+    max_file_mb: float,
+    max_pixels: int,
+    null: bool,
     **opts: Any,
 ) -> None:
     """Explain images and write overlay PNGs and raw .npy maps under OUTPUT.
@@ -105,20 +133,33 @@ def run(
     newline-separated paths on stdin. Each map gives <name>.c<class>.overlay.png and
     <name>.c<class>.npy (float32, the image's height x width, not normalised).
 
-    Exit status: 0 when every input succeeded, 1 when any failed, 2 for usage errors.
+    Records of paths and TSV escape backslash, tab, newline and other control characters and
+    bytes that are not UTF-8 (\\, \\t, \\n, \\xHH); JSON records are ASCII when a name is not
+    UTF-8. With -0 paths are written as they are, each ended by a NUL byte.
+
+    Exit status: 0 when every input succeeded, 1 when any failed, 2 for usage errors, 130 when
+    interrupted (every map written so far is reported first), 141 when stdout was closed.
     """
     from scorecam_cli import render
-    from scorecam_cli.images import find_inputs
-    from scorecam_cli.pipeline import Explained, RunOptions, Skipped
+    from scorecam_cli.images import IMAGE_SUFFIXES, Limits, find_inputs
+    from scorecam_cli.pipeline import Explained, RunOptions, Skipped, StopRequest
     from scorecam_cli.pipeline import run as run_pipeline
 
     try:
         render.colormap_id(colormap)
     except ValueError as exc:
         raise UsageFailure(str(exc)) from None
+    if not math.isfinite(alpha):
+        raise UsageFailure(f"--alpha must be a number between 0 and 1, got {alpha}")
     if skip_existing and overwrite:
         raise click.UsageError("give either --skip-existing or --overwrite, not both")
+    check_writable(output)
     explainer = make_explainer(model, weights, layer, input_size, method, class_names, top_k, opts)
+    limits = Limits(
+        max_file_bytes=int(max_file_mb * 2**20),
+        max_pixels=max_pixels,
+        batch_pixels=max(max_pixels, 2 * 50_000_000),
+    )
     options = RunOptions(
         output_dir=output,
         colormap=colormap.lower(),
@@ -128,14 +169,19 @@ def run(
         overwrite=overwrite,
         images_per_batch=image_batch,
         workers=workers,
+        limits=limits,
+        fail_fast=fail_fast,
     )
     counts = {"maps": 0, "failed": 0, "skipped": 0, "passes": 0, "saved": 0}
-    with progress() as bar:
-        for event in run_pipeline(explainer, find_inputs(inputs, sys.stdin), options):
+    stop = StopRequest()
+    end = "\0" if null else "\n"
+    with progress() as bar, _interrupts(stop):
+        events = run_pipeline(explainer, find_inputs(inputs, sys.stdin, null=null), options, stop)
+        for event in events:
             bar.update(1)
             if isinstance(event, Explained):
                 for record in event.records:
-                    emit(format_record(record, record_format))
+                    emit(format_record(record, record_format, null), end)
                 counts["maps"] += len(event.records)
                 counts["passes"] += event.records[0].forward_passes if event.records else 0
                 counts["saved"] += event.records[0].forward_passes_saved if event.records else 0
@@ -145,20 +191,92 @@ def run(
                 counts["failed"] += 1
                 bar.clear()
                 report_failure(event)
-                if fail_fast:
-                    break
     log.info(
         "%(maps)d maps written, %(failed)d inputs failed, %(skipped)d skipped; masked forward "
         "passes: %(passes)d run, %(saved)d saved by sharing identical masks",
         counts,
     )
+    if stop.requested:
+        log.warning("interrupted: the maps above were written; --skip-existing resumes the run")
+        ctx.exit(130)
+    if not any(counts[key] for key in ("maps", "failed", "skipped")):
+        raise Fatal(
+            f"no input images in {' '.join(inputs)} (image files end in one of: "
+            f"{', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))})"
+        )
     ctx.exit(1 if counts["failed"] else 0)
 
 
-def format_record(record: MapRecord, record_format: str) -> str:
+@contextmanager
+def _interrupts(stop: StopRequest) -> Iterator[None]:
+    """Ctrl-C asks the run to stop: it raises KeyboardInterrupt only while a batch is decoded or
+    explained (nothing is lost there), else the run stops after reporting what it wrote. A
+    second Ctrl-C stops at once."""
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.requested or stop.computing:
+            stop.requested = True
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_writable(output: Path) -> None:
+    """Fail before any model pass when OUT cannot be created or written to."""
+    import os
+    import tempfile
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".scorecam-check-"):
+            pass
+        if not os.access(output, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise Fatal(f"cannot write to the output folder {output}: {exc.strerror or exc}") from None
+
+
+def format_record(record: MapRecord, record_format: str, null: bool = False) -> str:
+    """One record, always one line: paths and TSV fields escaped (as raw paths with ``null``),
+    JSON valid (ASCII when a name holds bytes that are not UTF-8)."""
     if record_format == "paths":
-        return record.overlay
+        return record.overlay if null else escape_field(record.overlay)
     values = asdict(record)
     if record_format == "jsonl":
-        return json.dumps(values, ensure_ascii=False)
-    return "\t".join("" if v is None else str(v) for v in values.values())
+        text = json.dumps(values, ensure_ascii=False, allow_nan=False)
+        return text if _utf8(text) else json.dumps(values, allow_nan=False)
+    return "\t".join("" if v is None else escape_field(str(v)) for v in values.values())
+
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape_field(text: str) -> str:
+    """Backslash, tab, newline, CR -> \\\\ \\t \\n \\r; other control characters and bytes that are
+    not UTF-8 (surrogate escapes) -> \\xHH. Everything else is kept."""
+    if text.isprintable() and "\\" not in text and _utf8(text):
+        return text
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,134 @@
+"""Which of our outputs exist: each map's exact files, one scan per output folder, the manifest.
+
+Our outputs are recognised by what we write, never by where they lie: a file is one of ours when
+its name is ``<name>.c<class>[.<method>].overlay.png|.heatmap.png|.npy`` and it lies under OUT
+(so ``-o`` may equal or contain an input folder). A map is done when every file it needs exists
+(the npy, the overlay, and the heatmap when asked for); a top-k map, whose class is known only
+after the model ran, is done when the manifest lists it from a top-k run and its files exist.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scorecam_cli.choices import METHODS
+from scorecam_cli.manifest import read_manifest
+
+_METHOD = "|".join(re.escape(m) for m in METHODS if m != "scorecam")
+OUTPUT_NAME = re.compile(
+    rf"^(?P<base>.+)\.c(?P<cls>\d+)(?:\.(?P<method>{_METHOD}))?"
+    r"\.(?P<kind>overlay\.png|heatmap\.png|npy)$",
+    re.DOTALL,
+)
+_KINDS = {"overlay.png": "overlay", "heatmap.png": "heatmap", "npy": "npy"}
+
+
+def parse_output_name(name: str) -> tuple[str, int, str, str] | None:
+    """``(base, class, method, kind)`` of one of our output names, else None."""
+    match = OUTPUT_NAME.match(name)
+    if match is None:
+        return None
+    method = match["method"] or "scorecam"
+    return match["base"], int(match["cls"]), method, _KINDS[match["kind"]]
+
+
+@dataclass
+class _Folder:
+    """One output folder's files of ours: (base, method) -> class -> the kinds present."""
+
+    maps: dict[tuple[str, str], dict[int, set[str]]] = field(default_factory=dict)
+
+
+class OutputIndex:
+    """What OUT already holds, read once: each folder scanned on first use, the manifest once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._root_resolved = _resolved(root)
+        self._folders: dict[Path, _Folder] = {}
+        self._top_k: dict[tuple[str, str], set[int]] = defaultdict(set)
+        if root.is_dir():
+            for entry in read_manifest(root).entries:
+                self._note_entry(entry)
+
+    def _note_entry(self, entry: dict[str, object]) -> None:
+        options = entry.get("options")
+        if not isinstance(options, dict) or options.get("classes") is not None:
+            return  # maps of named classes are judged by their files alone
+        npy = Path(str(entry["npy"]))
+        parsed = parse_output_name(npy.name)
+        if parsed is not None:
+            base, cls, method, _ = parsed
+            self._top_k[(str(npy.parent / base), method)].add(cls)
+
+    def is_ours(self, path: Path) -> bool:
+        """True for an overlay or heatmap PNG of ours under OUT (found again by a folder walk)."""
+        parsed = parse_output_name(path.name)
+        if parsed is None or parsed[3] == "npy":
+            return False
+        return _resolved(path.parent).is_relative_to(self._root_resolved)
+
+    def _folder(self, folder: Path) -> _Folder:
+        found = self._folders.get(folder)
+        if found is None:
+            found = _Folder()
+            try:
+                with os.scandir(folder) as scan:
+                    names = [entry.name for entry in scan]
+            except OSError:
+                names = []
+            for name in names:
+                parsed = parse_output_name(name)
+                if parsed is not None:
+                    base, cls, method, kind = parsed
+                    found.maps.setdefault((base, method), {}).setdefault(cls, set()).add(kind)
+            self._folders[folder] = found
+        return found
+
+    def existing(self, stem: Path, method: str) -> dict[int, set[str]]:
+        """Class -> the kinds of output present for ``stem``'s maps by ``method``."""
+        return self._folder(stem.parent).maps.get((stem.name, method), {})
+
+    def done(
+        self,
+        stem: Path,
+        method: str,
+        classes: Sequence[int] | None,
+        top_k: int,
+        heatmap: bool,
+    ) -> bool:
+        """True when every map this input needs has all its files."""
+        present = self.existing(stem, method)
+        needed = {"npy", "overlay", "heatmap"} if heatmap else {"npy", "overlay"}
+        if classes:
+            return all(needed <= present.get(c, set()) for c in classes)
+        key = (os.path.relpath(stem, self.root), method)
+        complete = [c for c in self._top_k.get(key, set()) if needed <= present.get(c, set())]
+        return len(complete) >= top_k
+
+    def conflict(
+        self, stem: Path, method: str, classes: Sequence[int] | None, heatmap: bool
+    ) -> Path | None:
+        """An existing file this input would replace (any of its maps when the class is open)."""
+        present = self.existing(stem, method)
+        wanted = classes if classes else sorted(present)
+        for cls in wanted:
+            kinds = present.get(cls, set())
+            for kind in ("npy", "overlay", "heatmap"):
+                if kind in kinds and (heatmap or kind != "heatmap" or not classes):
+                    suffix = "" if method == "scorecam" else f".{method}"
+                    ending = "npy" if kind == "npy" else f"{kind}.png"
+                    return stem.with_name(f"{stem.name}.c{cls}{suffix}.{ending}")
+        return None
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()

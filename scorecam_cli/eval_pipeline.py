@@ -9,6 +9,7 @@ import torch
 
 from scorecam_cli.cam import CamConfig
 from scorecam_cli.evaluate import (
+    Curve,
     Faithfulness,
     FaithfulnessScores,
     SanityStep,
@@ -19,7 +20,15 @@ from scorecam_cli.evaluate import (
     summarise,
 )
 from scorecam_cli.images import InputImage
-from scorecam_cli.pipeline import Event, Explained, Explainer, RunOptions, decoded_batches
+from scorecam_cli.pipeline import (
+    NOT_FINITE,
+    Event,
+    Explained,
+    Explainer,
+    Failure,
+    RunOptions,
+    decoded_batches,
+)
 
 
 @dataclass(frozen=True)
@@ -55,26 +64,38 @@ def evaluate(
         if batch is None:
             continue
         images = batch.to(explainer.device)  # (N, 3, H, W)
-        targets = _eval_targets(explainer, images)  # (N,)
+        targets, finite = _eval_targets(explainer, images)  # (N,), (N,) bool
         for config in configs:
+            saliency = cam_explainer(explainer.layer, targets, config)(model, images)  # (N, H, W)
+            finite &= torch.isfinite(saliency.flatten(1)).all(dim=1)
+        kept = finite.nonzero().flatten()  # (M,)
+        images, targets = images[kept], targets[kept]
+        for config in configs if len(kept) else []:
             explain = cam_explainer(explainer.layer, targets, config)
-            saliency = explain(model, images)  # (N, H, W)
-            scores[config.method].append(
-                faithfulness_scores(
-                    model,
-                    images,
-                    saliency,
-                    targets,
-                    steps=steps,
-                    batch_size=config.batch_size,
-                    precision=config.precision,
-                )
+            saliency = explain(model, images)  # (M, H, W)
+            measured = faithfulness_scores(
+                model,
+                images,
+                saliency,
+                targets,
+                steps=steps,
+                batch_size=config.batch_size,
+                precision=config.precision,
             )
+            scores[config.method].append(measured)
+            finite[kept] &= _finite_scores(measured)
             if sanity:
                 checks[config.method].append(sanity_check(model, images, explain))
-        for item in good:
-            on_event(Explained(str(item.input.path), []))
-    if not any(scores.values()):
+        final = finite[kept]  # (M,): images whose every score is finite too
+        for batches in scores.values():
+            if batches and len(kept) and not bool(final.all()):
+                batches[-1] = _subset(batches[-1], final)
+        for n, item in enumerate(good):
+            if bool(finite[n]):
+                on_event(Explained(str(item.input.path), []))
+            else:
+                on_event(Failure(str(item.input.path), NOT_FINITE))
+    if not any(part.images for parts in scores.values() for part in parts):
         return []
     return [
         MethodReport(
@@ -86,9 +107,41 @@ def evaluate(
     ]
 
 
-def _eval_targets(explainer: Explainer, images: torch.Tensor) -> torch.Tensor:
-    """The class each image is judged on (N,): the first --class, or the model's top-1."""
-    if explainer.classes:
-        return torch.full((len(images),), explainer.classes[0], device=images.device)
+def _eval_targets(explainer: Explainer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class each image is judged on (N,): the first --class, or the model's top-1; and
+    which images have finite logits (N,) bool (the others are failed, never measured)."""
     with torch.inference_mode():
-        return explainer.model.module(images).argmax(dim=1)
+        logits = explainer.model.module(images)  # (N, C)
+    finite = torch.isfinite(logits.float()).all(dim=1).clone()
+    if explainer.classes:
+        targets = torch.full((len(images),), explainer.classes[0], device=images.device)
+    else:
+        targets = torch.nan_to_num(logits.float()).argmax(dim=1)
+    return targets.clone(), finite
+
+
+def _finite_scores(scores: FaithfulnessScores) -> torch.Tensor:
+    """(N,) bool: images whose probabilities and curves are all finite."""
+    parts = [
+        scores.original[:, None],
+        scores.explained[:, None],
+        scores.deletion.probabilities,
+        scores.insertion.probabilities,
+    ]
+    return (
+        torch.cat([p.float() for p in parts], dim=1)
+        .isfinite()
+        .all(dim=1)
+        .to(scores.original.device)
+    )
+
+
+def _subset(scores: FaithfulnessScores, keep: torch.Tensor) -> FaithfulnessScores:
+    """The scores of the images where ``keep`` (N,) bool is true."""
+    keep = keep.to(scores.original.device)
+    return FaithfulnessScores(
+        scores.original[keep],
+        scores.explained[keep],
+        Curve(scores.deletion.fractions, scores.deletion.probabilities[keep]),
+        Curve(scores.insertion.fractions, scores.insertion.probabilities[keep]),
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,23 @@ def _is_path(spec: str) -> bool:
 
 
 def load_state_dict_file(module: nn.Module, path: str) -> None:
-    """Load a state-dict file into ``module`` (``weights_only=True``); errors name the file."""
+    """Load a state-dict file into ``module`` (``weights_only=True``); errors name the file.
+
+    A file holding Python objects beyond tensors is refused, never loaded another way; a state
+    dict that does not fit names the missing and unexpected keys.
+    """
     file = Path(path)
+    if file.is_dir():
+        raise MissingWeights(f"weights file {path} is a folder; give the state-dict file in it")
     if not file.is_file():
         raise MissingWeights(f"weights file {path} does not exist")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise MissingWeights(
+            f"{path}: refused: it holds Python objects, not only tensors (loading it could run "
+            "code); save a plain state dict with torch.save(model.state_dict(), FILE)"
+        ) from None
     except Exception as exc:
         raise MissingWeights(f"{path}: not a loadable state dict ({_first_line(exc)})") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -111,14 +123,34 @@ def load_state_dict_file(module: nn.Module, path: str) -> None:
     if not isinstance(state, dict):
         raise MissingWeights(f"{path}: holds a {type(state).__name__}, not a state dict")
     try:
-        module.load_state_dict(state)
+        result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise MissingWeights(f"{path}: does not fit the model ({_first_line(exc)})") from exc
+    problems = [
+        f"{len(keys)} {what} key(s): {_names(keys)}"
+        for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys))
+        if keys
+    ]
+    if problems:
+        raise MissingWeights(f"{path}: does not fit the model ({'; '.join(problems)})")
+
+
+def _names(keys: list[str], shown: int = 5) -> str:
+    more = f", ... (+{len(keys) - shown})" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The first line of an error, without torch's advice to load with weights_only=False."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    kept = [
+        line
+        for line in lines
+        if "weights_only" not in line
+        and "pickle" not in line.lower()
+        and not line.startswith("Error(s) in loading")
+    ]
+    return (kept or [type(exc).__name__])[0]
 
 
 def _load_embedded(spec: str) -> LoadedModel:

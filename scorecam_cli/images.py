@@ -531,17 +531,18 @@ def load_batches(
                     in_hand.popleft()
                 yield batch
             return
-        except RuntimeError as error:
-            if workers == 0 or "DataLoader worker" not in str(error):
+        except (RuntimeError, OSError, EOFError) as error:
+            # A worker died: torch says so (RuntimeError), or the hand-over of its tensors broke.
+            if workers == 0 or (
+                isinstance(error, RuntimeError) and "DataLoader worker" not in str(error)
+            ):
                 raise
-            reason = str(error).strip().splitlines()[0].rstrip(".")
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
             lost = list(in_hand)
             in_hand.clear()
             del batches
-            yield [
-                LoadedImage(i, item, None, None, f"{item.path}: decoding process died ({reason})")
-                for i, item in lost
-            ]
+            why = f"the decoding process died ({reason}; killed for memory?)"
+            yield [LoadedImage(i, item, None, None, f"{item.path}: {why}") for i, item in lost]
 
 
 def _default_sigchld() -> None:
@@ -598,5 +599,8 @@ def _as_list(batch: list[LoadedImage]) -> list[LoadedImage]:
 
 
 def _init_worker(worker_id: int) -> None:
-    """Worker processes decode one image each at a time: no OpenCV thread pool inside them."""
+    """Worker processes decode one image each at a time: no OpenCV thread pool inside them.
+
+    They ignore Ctrl-C: the main process decides how the run ends, and stops them."""
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -79,6 +79,8 @@ class Failure:
 
     input: str
     reason: str
+    forward_passes: int = 0  # masked passes run for it before it failed (a write failed)
+    forward_passes_saved: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ Event = Explained | Failure | Skipped
 @dataclass
 class StopRequest:
     """Ends a run early when ``requested``. ``computing`` is true while a KeyboardInterrupt loses
-    nothing (a batch is being decoded or explained): a SIGINT handler may raise one only then."""
+    nothing (a batch is being explained): a SIGINT handler may raise one only then."""
 
     requested: bool = False
     computing: bool = False
@@ -170,7 +172,7 @@ def run(
     A bad input becomes a Failure event, never an exception, so the run goes on with the others.
     Every written map gets its manifest line (flushed) before its event is yielded. The run ends
     early when ``stop.requested`` turns true, when a KeyboardInterrupt arrives while a batch is
-    decoded or explained (``stop.computing``), or after a failure with ``options.fail_fast``:
+    explained (``stop.computing``), or after a failure with ``options.fail_fast``:
     then no new batch starts, the maps being written are finished, and every map written is
     still yielded before it returns.
     """
@@ -187,16 +189,13 @@ def run(
         return stop.requested or (options.fail_fast and failed)
 
     with writer, manifest:
-        batches = _batches(accepted, explainer, options)
+        batches = _batches(accepted, explainer, options, stop)
         try:
             while not stopping():
                 try:
-                    stop.computing = True
                     batch = next(batches)
                 except (StopIteration, KeyboardInterrupt):
                     break
-                finally:
-                    stop.computing = False
                 pending.append(_submit(batch, explainer, options, writer))
                 while len(pending) > 1 and not stopping():  # one renders, the next computes
                     done = _collect(pending.popleft())
@@ -292,7 +291,10 @@ def decoded_batches(
 
 
 def _batches(
-    accepted: Iterator[InputImage | Event], explainer: Explainer, options: RunOptions
+    accepted: Iterator[InputImage | Event],
+    explainer: Explainer,
+    options: RunOptions,
+    stop: StopRequest,
 ) -> Generator[tuple[list[Event], list[LoadedImage], CamResult | None], None, None]:
     """Batches of decoded images with their maps; events for inputs that were not decoded."""
     early: list[Event] = []
@@ -307,7 +309,14 @@ def _batches(
     for failures, good, batch in decoded_batches(explainer, images(), options):
         events: list[Event] = [*early, *failures]
         early.clear()
-        yield events, good, explainer.explain(batch) if batch is not None else None
+        result = None
+        if batch is not None:
+            stop.computing = True  # a KeyboardInterrupt here loses nothing: the batch is redone
+            try:
+                result = explainer.explain(batch)
+            finally:
+                stop.computing = False
+        yield events, good, result
     if early:
         yield list(early), [], None
 
@@ -408,4 +417,4 @@ def _write_image(
             )
         return Explained(str(source.path), records, item.original_size)
     except (ScoreCamError, OSError, ValueError) as exc:
-        return Failure(str(source.path), str(exc))
+        return Failure(str(source.path), str(exc), passes[0], passes[1])

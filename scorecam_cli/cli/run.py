@@ -189,6 +189,8 @@ def run(
                 counts["skipped"] += 1
             else:
                 counts["failed"] += 1
+                counts["passes"] += event.forward_passes
+                counts["saved"] += event.forward_passes_saved
                 bar.clear()
                 report_failure(event)
     log.info(
@@ -209,8 +211,8 @@ def run(
 
 @contextmanager
 def _interrupts(stop: StopRequest) -> Iterator[None]:
-    """Ctrl-C asks the run to stop: it raises KeyboardInterrupt only while a batch is decoded or
-    explained (nothing is lost there), else the run stops after reporting what it wrote. A
+    """Ctrl-C asks the run to stop: it raises KeyboardInterrupt only while a batch is explained
+    (nothing is lost there), else the run stops after reporting what it wrote. A
     second Ctrl-C stops at once."""
 
     def on_sigint(signum: int, frame: object) -> None:

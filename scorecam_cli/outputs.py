@@ -2,13 +2,15 @@
 
 Our outputs are recognised by what we write, never by where they lie: a file is one of ours when
 its name is ``<name>.c<class>[.<method>].overlay.png|.heatmap.png|.npy`` and it lies under OUT
-(so ``-o`` may equal or contain an input folder). A map is done when every file it needs exists
+(so ``-o`` may equal or contain an input folder). Temp files that a killed run left in an
+output folder are removed when the folder is scanned. A map is done when every file it needs exists
 (the npy, the overlay, and the heatmap when asked for); a top-k map, whose class is known only
 after the model ran, is done when the manifest lists it from a top-k run and its files exist.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import defaultdict
@@ -25,6 +27,8 @@ OUTPUT_NAME = re.compile(
     r"\.(?P<kind>overlay\.png|heatmap\.png|npy)$",
     re.DOTALL,
 )
+# render._write_atomic's temp files: ``.<name>.<pid>.<8 hex>.tmp``
+_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$", re.DOTALL)
 _KINDS = {"overlay.png": "overlay", "heatmap.png": "heatmap", "npy": "npy"}
 
 
@@ -83,6 +87,7 @@ class OutputIndex:
             except OSError:
                 names = []
             for name in names:
+                _remove_if_orphan(folder, name)
                 parsed = parse_output_name(name)
                 if parsed is not None:
                     base, cls, method, kind = parsed
@@ -125,6 +130,20 @@ class OutputIndex:
                     ending = "npy" if kind == "npy" else f"{kind}.png"
                     return stem.with_name(f"{stem.name}.c{cls}{suffix}.{ending}")
         return None
+
+
+def _remove_if_orphan(folder: Path, name: str) -> None:
+    """Remove a temp file of ours whose writer process is gone (a killed run left it)."""
+    match = _TEMP_NAME.match(name)
+    if match is None:
+        return
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
+    except (OSError, OverflowError):
+        return  # alive (another user's), or not a pid: leave it
 
 
 def _resolved(path: Path) -> Path:

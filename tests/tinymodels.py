@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import torch
 from conftest import TinyNet
 
 
 def tiny() -> TinyNet:
     """The seeded TinyNet of conftest: 12-channel target layer ``relu`` at 1/4 input size."""
     return TinyNet()
+
+
+class NanOnBright(TinyNet):
+    """TinyNet whose logits are NaN for bright images (mean normalised value above 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)  # (N, 10)
+        bright = x.mean(dim=(1, 2, 3)) > 1.0  # (N,)
+        return torch.where(bright[:, None], torch.full_like(logits, float("nan")), logits)
+
+
+def nan_on_bright() -> NanOnBright:
+    """For the NaN tests: white images give NaN logits, random ones finite."""
+    return NanOnBright()

@@ -25,7 +25,7 @@ from scorecam_cli.manifest import read_manifest
 from scorecam_cli.models import load_state_dict_file
 from scorecam_cli.pipeline import RunOptions, _accepted_inputs
 
-# ---------------------------------------------------------------- 1-3: outputs found by what we write
+# ------------------------------------------------------------ 1-3: outputs found by what we write
 
 
 def test_1_out_equal_to_the_input_folder_explains_every_input(tmp_path):

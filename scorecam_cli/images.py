@@ -9,16 +9,12 @@ Workers never read stdin or walk folders themselves, so a ``find ... | scorecam 
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
-import stat
 import sys
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import IO
@@ -29,6 +25,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from scorecam_cli.errors import ImageRead
+from scorecam_cli.file_limits import (
+    DEFAULT_LIMITS,
+    JPEG_MAGIC,
+    Limits,
+    captured_stderr,
+    header_pixels,
+    header_size,
+    read_bytes,
+    truncation,
+)
 
 # OpenCV logs its own warnings and errors to stderr; we report failures ourselves, in one line.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -37,27 +43,6 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif"}
     | {".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras", ".jp2"}
 )
-
-log = logging.getLogger("scorecam_cli")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one input may cost before it is decoded: file size and pixel count (from its header).
-
-    ``batch_pixels`` bounds the original pixels of one batch, so a batch of large images is cut
-    short rather than held in memory whole.
-    """
-
-    max_file_bytes: int = 256 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    batch_pixels: int = 100_000_000
-
-
-DEFAULT_LIMITS = Limits()
-
-_JPEG_MAGIC = b"\xff\xd8"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -203,8 +188,8 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     expanded to 3 channels, alpha is composited over white, and 16-bit or float images are
     scaled to 8 bits (value / 257 for 16-bit).
     """
-    data = _read_bytes(path, limits.max_file_bytes)
-    problem = _truncation(data)
+    data = read_bytes(path, limits.max_file_bytes)
+    problem = truncation(data)
     if problem is not None:
         raise ImageRead(f"{path}: {problem}")
     size = header_size(data)
@@ -218,7 +203,7 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     oriented = _decode(buffer, cv2.IMREAD_COLOR)  # (H, W, 3) uint8 BGR
     # IMREAD_UNCHANGED keeps alpha and depth but ignores EXIF orientation (TIFF excepted).
     # JPEG has neither alpha nor 16 bits, so one decode does.
-    jpeg = data.startswith(_JPEG_MAGIC)
+    jpeg = data.startswith(JPEG_MAGIC)
     raw = oriented if jpeg else _decode(buffer, cv2.IMREAD_UNCHANGED)  # (H, W[, C]), any depth
     if raw is None:
         raise ImageRead(f"{path}: not an image OpenCV can decode")
@@ -232,124 +217,6 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     if raw.dtype == np.uint8 and (raw.ndim == 2 or raw.shape[2] in (1, 3)):
         return np.ascontiguousarray(oriented[..., ::-1])  # nothing was lost: use the oriented one
     return _to_rgb8(_orient_like(raw, oriented))
-
-
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(H, W) from the image header alone (Pillow parses headers lazily); None if unknown."""
-    import io
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except Exception:  # any header Pillow cannot parse: OpenCV decides
-        return None
-    return int(height), int(width)
-
-
-def _read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes; ImageRead otherwise.
-
-    The file is opened without blocking and checked to be a regular file before any read, so a
-    FIFO, a device (``/dev/zero``) or a socket named as an input fails at once.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ImageRead(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageRead(f"{path}: is a folder, not an image file") from None
-    except OSError as error:
-        raise ImageRead(f"{path}: cannot read ({error.strerror or error})") from None
-    info = os.fstat(fd)
-    if stat.S_ISDIR(info.st_mode):
-        os.close(fd)
-        raise ImageRead(f"{path}: is a folder, not an image file")
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageRead(f"{path}: not a regular file ({_file_kind(info.st_mode)})")
-        if info.st_size > limit:
-            raise ImageRead(
-                f"{path}: {info.st_size / 2**20:,.1f} MB, over the limit of "
-                f"{limit / 2**20:,.0f} MB (--max-file-mb)"
-            )
-        try:
-            data = file.read(limit + 1)
-        except OSError as error:
-            raise ImageRead(f"{path}: cannot read ({error.strerror or error})") from None
-    if len(data) > limit:
-        raise ImageRead(f"{path}: over the limit of {limit / 2**20:,.0f} MB (--max-file-mb)")
-    if not data:
-        raise ImageRead(f"{path}: empty file")
-    return data
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a file"
-
-
-@contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    """Collect what C libraries (libpng, libjpeg, libtiff) print on file descriptor 2 meanwhile.
-
-    The lines land in the yielded list when the block ends, so they can be reported with the
-    name of the file that caused them. Only in the main thread of a process (else a no-op).
-    """
-    lines: list[str] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lines
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            text = capture.read(4096).decode("utf-8", "replace")
-            lines.extend(line.strip() for line in text.splitlines() if line.strip())
-
-
-def _truncation(data: bytes) -> str | None:
-    """Why a JPEG or PNG is visibly cut short, else None (checked before OpenCV sees it)."""
-    if data.startswith(_JPEG_MAGIC) and not _jpeg_has_end(data):
-        return "truncated JPEG (no end-of-image marker)"
-    if data.startswith(_PNG_MAGIC) and b"IEND" not in data:
-        return "truncated PNG (no IEND chunk)"
-    return None
-
-
-def _jpeg_has_end(data: bytes) -> bool:
-    """True when an end-of-image marker (FF D9) follows the first start-of-scan (FF DA).
-
-    Segments before the scan are skipped by their length, so an EXIF thumbnail's own end marker
-    does not count; data after the end marker (as in motion photos) is allowed.
-    """
-    pos = 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xDA:
-            break
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            pos += 2
-        else:
-            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return data.find(b"\xff\xd9", pos) != -1
 
 
 def _decode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
@@ -565,32 +432,12 @@ def _numbered_batches(
     for key in numbered:
         batch.append(key)
         in_hand.append(key)
-        pixels += _header_pixels(key[1])
+        pixels += 0 if key[1].problem is not None else header_pixels(key[1].path)
         if len(batch) >= batch_size or pixels >= batch_pixels:
             yield batch
             batch, pixels = [], 0
     if batch:
         yield batch
-
-
-def _header_pixels(item: InputImage) -> int:
-    """The pixel count a regular file's header announces (0 when unknown); never blocks."""
-    if item.problem is not None:
-        return 0
-    try:
-        fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, ValueError):
-        return 0
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return 0
-        head = os.read(fd, 256 * 1024)
-    except OSError:
-        return 0
-    finally:
-        os.close(fd)
-    size = header_size(head)
-    return size[0] * size[1] if size else 0
 
 
 def _as_list(batch: list[LoadedImage]) -> list[LoadedImage]:

@@ -346,3 +346,14 @@ def test_leaves_no_temp_files(tmp_path):
     images(folder, 2)
     assert cli("run", folder, "-o", tmp_path / "out", *TINY).returncode == 0
     no_temp_files(tmp_path / "out")
+
+
+def test_13_library_warnings_are_one_line(tmp_path):
+    (x,) = images(tmp_path, 1)
+    result = cli(
+        "run", x, "-o", tmp_path / "out", "--model", "tinymodels:warns", "--input-size", "64"
+    )
+    assert result.returncode == 0
+    text = result.stderr.decode()
+    assert "scorecam: warning: UserWarning: something odd" in text
+    assert "second line" not in text and "warnings.warn" not in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from conftest import TinyNet
 
@@ -23,3 +25,16 @@ class NanOnBright(TinyNet):
 def nan_on_bright() -> NanOnBright:
     """For the NaN tests: white images give NaN logits, random ones finite."""
     return NanOnBright()
+
+
+class Warns(TinyNet):
+    """TinyNet that warns, on two lines, at every forward pass (as torch and its kernels do)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn("something odd\nsecond line", UserWarning, stacklevel=1)
+        return super().forward(x)
+
+
+def warns() -> Warns:
+    """For the warning tests: a Python warning at every forward pass."""
+    return Warns()

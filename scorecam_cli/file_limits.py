@@ -108,11 +108,14 @@ def captured_stderr() -> Iterator[list[str]]:
     name of the file that caused them. Only in the main thread of a process (else a no-op).
     """
     lines: list[str] = []
-    if threading.current_thread() is not threading.main_thread():
+    try:
+        if threading.current_thread() is not threading.main_thread():
+            raise OSError("not the main thread")
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # stderr closed, or not ours to redirect
         yield lines
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +103,8 @@ def load_state_dict_file(module: nn.Module, path: str) -> None:
     A file holding Python objects beyond tensors is refused, never loaded another way; a state
     dict that does not fit names the missing and unexpected keys.
     """
+    import pickle
+
     file = Path(path)
     if file.is_dir():
         raise MissingWeights(f"weights file {path} is a folder; give the state-dict file in it")
@@ -127,17 +128,12 @@ def load_state_dict_file(module: nn.Module, path: str) -> None:
     except RuntimeError as exc:
         raise MissingWeights(f"{path}: does not fit the model ({_first_line(exc)})") from exc
     problems = [
-        f"{len(keys)} {what} key(s): {_names(keys)}"
+        f"{len(keys)} {what} key(s): {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
         for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys))
         if keys
     ]
     if problems:
         raise MissingWeights(f"{path}: does not fit the model ({'; '.join(problems)})")
-
-
-def _names(keys: list[str], shown: int = 5) -> str:
-    more = f", ... (+{len(keys) - shown})" if len(keys) > shown else ""
-    return ", ".join(keys[:shown]) + more
 
 
 def _first_line(exc: BaseException) -> str:

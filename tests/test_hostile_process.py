@@ -181,6 +181,7 @@ def test_sigkill_at_random_points_then_skip_existing_gives_every_map(tmp_path):
     assert reference.returncode == 0 and len(records(reference.stdout)) == 40
     out = tmp_path / "out"
     rng = np.random.default_rng(10)
+    codes = []
     for _ in range(5):
         child = start("run", folder, "-o", out, *args, "--skip-existing")
         assert child.stdout is not None
@@ -193,6 +194,8 @@ def test_sigkill_at_random_points_then_skip_existing_gives_every_map(tmp_path):
         except subprocess.TimeoutExpired:
             child.kill()
         child.communicate(timeout=120)
+        codes.append(child.returncode)
+    assert codes.count(-signal.SIGKILL) >= 3, codes  # most runs really were cut short
     final = cli("run", folder, "-o", out, *args, "--skip-existing")
     assert final.returncode == 0, final.stderr
     for npy in (tmp_path / "ref").glob("*.npy"):

@@ -24,6 +24,7 @@ from scorecam_cli.images import InputImage, LoadedImage, load_batches
 from scorecam_cli.layers import LayerRef
 from scorecam_cli.manifest import MANIFEST_NAME, ManifestWriter, entry_from_record
 from scorecam_cli.models import LoadedModel
+from scorecam_cli.npy_maps import stored_map
 
 log = logging.getLogger("scorecam_cli")
 
@@ -41,6 +42,8 @@ class RunOptions:
     images_per_batch: int = 8
     workers: int = 1
     manifest_name: str = MANIFEST_NAME  # under output_dir; every written map gets a line
+    npy_size: str = "original"  # original | input | layer: see scorecam_cli.npy_maps
+    npy_dtype: str = "float32"  # float32 | float16
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def run(explainer: Explainer, inputs: Iterable[InputImage], options: RunOptions)
     accepted = _accepted_inputs(inputs, options, explainer.targets_per_image)
     pending: deque[tuple[list[Event], list[Future[Event]]]] = deque()
     manifest = ManifestWriter(options.output_dir / options.manifest_name)
-    settings = {**explainer.settings(), "colormap": options.colormap, "alpha": options.alpha}
+    settings = run_settings(explainer, options)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorecam-writer")
     with writer, manifest:
         try:
@@ -170,6 +173,28 @@ def run(explainer: Explainer, inputs: Iterable[InputImage], options: RunOptions)
             for _, futures in pending:
                 for future in futures:
                     future.cancel()
+
+
+def run_settings(explainer: Explainer, options: RunOptions) -> dict[str, object]:
+    """The run's settings that every manifest line carries."""
+    return {
+        **explainer.settings(),
+        "colormap": options.colormap,
+        "alpha": options.alpha,
+        "npy_size": options.npy_size,
+        "npy_dtype": options.npy_dtype,
+    }
+
+
+def explain_batch(
+    explainer: Explainer, good: list[LoadedImage], batch: torch.Tensor, options: RunOptions
+) -> list[Event]:
+    """Explain decoded images ``batch`` (N, 3, H, W) and write their maps before returning:
+    one event per image of ``good`` (the engines that run batches elsewhere call this)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorecam-writer") as writer:
+        return list(
+            _collect(_submit(([], good, explainer.explain(batch)), explainer, options, writer))
+        )
 
 
 def _recorded(
@@ -322,7 +347,8 @@ def _write_image(
             paths = output_paths(stem, class_index, explainer.config.method)
             full = render.resize_map(cam, image.shape[:2])  # (H, W) raw float32
             heat = render.heatmap(render.normalise(full), options.colormap)
-            render.write_npy(paths["npy"], full.astype(np.float32))
+            stored = stored_map(cam, full, explainer.size, options.npy_size, options.npy_dtype)
+            render.write_npy(paths["npy"], stored)
             if options.save_heatmap:
                 render.write_png(paths["heatmap"], heat)
             render.write_png(paths["overlay"], render.overlay(image, heat, options.alpha))

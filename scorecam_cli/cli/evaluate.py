@@ -21,6 +21,7 @@ from scorecam_cli.cli.common import (
     report_failure,
     user_errors,
 )
+from scorecam_cli.cli.scale import shard_option, sharded
 
 
 @click.command(name="eval")
@@ -64,6 +65,7 @@ from scorecam_cli.cli.common import (
 )
 @click.option("--image-batch", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=1, show_default=True)
+@shard_option
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -79,6 +81,7 @@ def evaluate(
     record_format: str,
     image_batch: int,
     workers: int,
+    shard: Any,
     **opts: Any,
 ) -> None:
     """Measure how faithful each method's maps are on INPUTS.
@@ -118,7 +121,7 @@ def evaluate(
             reports = evaluate_inputs(
                 explainer,
                 configs,
-                find_inputs(inputs, sys.stdin),
+                sharded(find_inputs(inputs, sys.stdin), shard),
                 steps=steps,
                 sanity=sanity,
                 options=options,

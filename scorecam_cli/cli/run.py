@@ -17,11 +17,11 @@ from scorecam_cli.cli.common import (
     UsageFailure,
     cam_options,
     emit,
-    make_explainer,
     model_options,
     progress,
     report_failure,
 )
+from scorecam_cli.cli.scale import ScaleOptions, driver_explainer, events, scale_options
 
 if TYPE_CHECKING:
     from scorecam_cli.pipeline import MapRecord
@@ -76,6 +76,7 @@ log = logging.getLogger("scorecam_cli")
 @click.option(
     "--workers", type=click.IntRange(0), default=1, show_default=True, help="Decoding processes."
 )
+@scale_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -110,7 +111,6 @@ def run(
     from scorecam_cli import render
     from scorecam_cli.images import find_inputs
     from scorecam_cli.pipeline import Explained, RunOptions, Skipped
-    from scorecam_cli.pipeline import run as run_pipeline
 
     try:
         render.colormap_id(colormap)
@@ -118,7 +118,18 @@ def run(
         raise UsageFailure(str(exc)) from None
     if skip_existing and overwrite:
         raise click.UsageError("give either --skip-existing or --overwrite, not both")
-    explainer = make_explainer(model, weights, layer, input_size, method, class_names, top_k, opts)
+    scale = ScaleOptions.pop(opts)
+    rebuild: dict[str, Any] = dict(
+        model=model,
+        weights=weights,
+        layer=layer,
+        input_size=input_size,
+        method=method,
+        class_names=class_names,
+        top_k=top_k,
+        opts=opts,
+    )
+    explainer = driver_explainer(**rebuild, scale=scale)
     options = RunOptions(
         output_dir=output,
         colormap=colormap.lower(),
@@ -128,10 +139,11 @@ def run(
         overwrite=overwrite,
         images_per_batch=image_batch,
         workers=workers,
+        **scale.run_options(),
     )
     counts = {"maps": 0, "failed": 0, "skipped": 0, "passes": 0, "saved": 0}
     with progress() as bar:
-        for event in run_pipeline(explainer, find_inputs(inputs, sys.stdin), options):
+        for event in events(scale, explainer, find_inputs(inputs, sys.stdin), options, rebuild):
             bar.update(1)
             if isinstance(event, Explained):
                 for record in event.records:

@@ -38,7 +38,8 @@ def stored_map(
         chosen = render.resize_map(cam, input_size)
     else:
         chosen = cam
-    stored = np.asarray(chosen, dtype=np.dtype(npy_dtype))
+    with np.errstate(over="ignore"):  # checked below, with a one-line reason
+        stored = np.asarray(chosen, dtype=np.dtype(npy_dtype))
     if not np.isfinite(stored).all() and np.isfinite(chosen).all():
         peak = float(np.abs(chosen).max())
         raise ValueError(

@@ -9,8 +9,9 @@ one GPU each on a GPU cluster). Each actor explains its batches and writes the o
 yields those events as they arrive (completion order, not input order) and appends the manifest,
 so stdout records, manifest lines, per-file errors and exit codes are those of the local engine.
 
-An actor that dies is restarted and its batch retried (``max_restarts``/``max_task_retries``
-unbounded); a batch written twice is written atomically both times. Ray is imported only here.
+An actor that dies is restarted and its batch retried (Ray Data's actor defaults:
+``max_restarts=-1``, ``max_task_retries=-1``); a batch written twice is written atomically both
+times. Ray is imported only here.
 """
 
 from __future__ import annotations
@@ -149,14 +150,10 @@ def _dataset(
         compute=ray.data.ActorPoolStrategy(size=ray_options.actors),
         num_cpus=1,
         num_gpus=gpus,
-        ray_remote_args_fn=_restartable,
+        # Ray Data's actor defaults do the fault tolerance: max_restarts=-1 (a dead actor comes
+        # back) and max_task_retries=-1 (its batch runs again). Passing them ourselves would use
+        # ray_remote_args, deprecated since Ray 2.60; tests/test_engine_ray.py kills an actor.
     )
-
-
-def _restartable() -> dict[str, Any]:
-    """Actor options: a dead actor comes back, and its batches run again (Ray Data's defaults
-    today; set here so that a change of defaults cannot lose outputs)."""
-    return {"max_restarts": -1, "max_task_retries": -1}
 
 
 def _gpus_per_actor(ray: Any, ray_options: RayOptions) -> int:

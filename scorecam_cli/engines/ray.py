@@ -16,6 +16,7 @@ times. Ray is imported only here.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator
@@ -95,7 +96,17 @@ def _import_ray() -> Any:
         import ray.data
     except ImportError:
         raise RayUnavailable("--engine ray needs Ray: pip install 'scorecam-cli[ray]'") from None
+    if not logging.getLogger("scorecam_cli").isEnabledFor(logging.INFO):  # --quiet
+        _quiet_ray_console()
     return ray
+
+
+def _quiet_ray_console() -> None:
+    """Only Ray's errors on stderr; its log files keep everything."""
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
 
 
 @contextmanager

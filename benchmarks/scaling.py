@@ -39,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="DEFAULT")
     parser.add_argument("--input-size", type=int, default=None)
     parser.add_argument("--image-batch", type=int, default=4)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
@@ -52,7 +53,8 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="scorecam-scaling-") as tmp:
         images = make_images(Path(tmp) / "images", args.images)
-        common = ["--model", args.model, "--image-batch", str(args.image_batch)]
+        common = ["--model", args.model, "--weights", args.weights]
+        common += ["--image-batch", str(args.image_batch)]
         if args.input_size:
             common += ["--input-size", str(args.input_size)]
         local = [str(BIN / "scorecam"), "--quiet", "run"]
@@ -66,6 +68,7 @@ def main() -> None:
     report = {
         "images": args.images,
         "model": args.model,
+        "weights": args.weights,
         "input_size": args.input_size,
         "image_batch": args.image_batch,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

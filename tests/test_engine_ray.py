@@ -201,3 +201,25 @@ def test_the_local_engine_imports_no_ray(folder: Path, tmp_path: Path) -> None:
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
     )
     assert out.stdout.split(maxsplit=1) == ["0", "[]\n"], out.stderr
+
+
+def no_model_here(device: str) -> Explainer:
+    raise RuntimeError(f"cannot import mypkg.nets on this node ({device})")
+
+
+def test_an_actor_that_cannot_load_the_model_stops_the_run_in_one_line(
+    cluster: None, folder: Path, tmp_path: Path
+) -> None:
+    driver = crashing_explainer(str(tmp_path / "never"), "cpu")
+    options = RunOptions(output_dir=tmp_path / "out", workers=0)
+    with pytest.raises(ray_engine.RayFailure) as failure:
+        list(
+            ray_engine.run(
+                driver, no_model_here, find_inputs([str(folder)]), options, ray_engine.RayOptions()
+            )
+        )
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message.endswith(
+        "RuntimeError: cannot import mypkg.nets on this node (cpu) (details: the Ray logs)"
+    )

@@ -159,6 +159,7 @@ def events(
         yield from run_local(explainer, sharded(inputs, scale.shard), options)
         return
     from scorecam_cli.engines import ray as ray_engine
+    from scorecam_cli.errors import ScoreCamError
 
     factory = functools.partial(_actor_explainer, {**rebuild, "layer": str(explainer.layer)})
     ray_options = ray_engine.RayOptions(
@@ -171,7 +172,7 @@ def events(
         yield from ray_engine.run(
             explainer, factory, sharded(inputs, scale.shard), options, ray_options
         )
-    except (ray_engine.RayUnavailable, ValueError) as exc:
+    except (ScoreCamError, ValueError) as exc:
         raise Fatal(str(exc)) from None
 
 

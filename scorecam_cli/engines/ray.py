@@ -42,6 +42,10 @@ class RayUnavailable(ScoreCamError):
     """``--engine ray`` needs the extra: ``pip install 'scorecam-cli[ray]'``."""
 
 
+class RayFailure(ScoreCamError):
+    """The cluster could not finish the run (e.g. an actor could not load the model)."""
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """Where the cluster is and how many model actors to run."""
@@ -78,7 +82,7 @@ def run(
         _cluster(ray, ray_options),
         ManifestWriter(options.output_dir / options.manifest_name) as manifest,
     ):
-        for row in _dataset(ray, explainer, factory, todo, options, ray_options).iter_rows():
+        for row in _rows(ray, _dataset(ray, explainer, factory, todo, options, ray_options)):
             event: Event = pickle.loads(row["event"])
             if isinstance(event, Explained):
                 for record in event.records:
@@ -88,6 +92,16 @@ def run(
                         )
                     )
             yield event
+
+
+def _rows(ray: Any, dataset: Any) -> Iterator[dict[str, Any]]:
+    """The dataset's rows as they finish; a failure of the cluster becomes one line."""
+    try:
+        yield from dataset.iter_rows()
+    except ray.exceptions.RayError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(error).__name__
+        raise RayFailure(f"the Ray engine stopped: {reason} (details: the Ray logs)") from None
 
 
 def _import_ray() -> Any:

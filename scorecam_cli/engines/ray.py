@@ -110,14 +110,15 @@ def _import_ray() -> Any:
         import ray.data
     except ImportError:
         raise RayUnavailable("--engine ray needs Ray: pip install 'scorecam-cli[ray]'") from None
-    if not logging.getLogger("scorecam_cli").isEnabledFor(logging.INFO):  # --quiet
+    quiet = not logging.getLogger("scorecam_cli").isEnabledFor(logging.INFO)  # --quiet
+    logging.getLogger("ray").setLevel(logging.ERROR if quiet else logging.WARNING)
+    if quiet:
         _quiet_ray_console()
     return ray
 
 
 def _quiet_ray_console() -> None:
     """Only Ray's errors on stderr; its log files keep everything."""
-    logging.getLogger("ray").setLevel(logging.ERROR)
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.ERROR)
@@ -136,7 +137,7 @@ def _cluster(ray: Any, ray_options: RayOptions) -> Iterator[None]:
         log_to_driver=False,
         include_dashboard=False,
         runtime_env=runtime_env,
-        logging_level="WARNING",
+        logging_level=logging.getLogger("ray").getEffectiveLevel(),
     )
     try:
         yield

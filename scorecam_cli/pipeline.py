@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -274,7 +273,7 @@ def _submit(
             probabilities[n],
             (passes[n], saved[n]),
             explainer,
-            options=options,
+            options,
         )
         for n, item in enumerate(good)
     ]
@@ -289,18 +288,24 @@ def _collect(entry: tuple[list[Event], list[Future[Event]]]) -> Iterator[Event]:
 
 
 def _write_and_record(
-    manifest: tuple[ManifestWriter, dict[str, object]], *args: Any, options: RunOptions
+    manifest: tuple[ManifestWriter, dict[str, object]],
+    item: LoadedImage,
+    maps: np.ndarray,
+    classes: list[int],
+    probabilities: list[float],
+    passes: tuple[int, int],
+    explainer: Explainer,
+    options: RunOptions,
 ) -> Event:
     """``_write_image`` on the writer thread, each map's manifest line appended just before its
     ``.npy`` (written last): a killed run never leaves an ``.npy`` without its line."""
     writer, settings = manifest
-    item: LoadedImage = args[0]
 
     def append(record: MapRecord) -> None:
         entry = entry_from_record(asdict(record), options.output_dir, item.original_size, settings)
         writer.append(entry)
 
-    return _write_image(*args, options, append)
+    return _write_image(item, maps, classes, probabilities, passes, explainer, options, append)
 
 
 def _write_image(

@@ -67,7 +67,7 @@
     caption.appendChild(make("b", "method", map.method));
     caption.appendChild(document.createTextNode(" p=" + Number(map.probability).toFixed(3)));
     caption.appendChild(make("div", "meta", map.model + " / " + map.layer));
-    caption.appendChild(make("div", "meta", map.passes + " masked passes (" + map.saved + " saved)"));
+    caption.appendChild(make("div", "meta", map.passes ? map.passes + " masked passes (" + map.saved + " saved)" : "no masked passes"));
     fig.appendChild(caption);
     return fig;
   }
@@ -119,4 +119,5 @@
   byId("next").addEventListener("click", function () { state.page += 1; render(); window.scrollTo(0, 0); });
   update();
   document.body.setAttribute("data-ready", "1");
+  if (window.performance && performance.mark) { performance.mark("scorecam-ready"); }
 })();

@@ -30,11 +30,15 @@ def test_report_of_a_real_run_filters_sorts_and_shows_methods_side_by_side(
     assert first.exit_code == 0, first.output
     # gradcam maps of the same inputs and classes go beside the scorecam ones (other names)
     second = runner.invoke(
-        main, ["run", str(SAMPLES), "-o", str(out), "--method", "gradcam", "--overwrite", *FAST]
+        main,
+        ["run", str(SAMPLES), "-o", str(out), "--method", "gradcam", "--overwrite", "--report"]
+        + FAST,
     )
     assert second.exit_code == 0, second.output
+    assert (out / "report.html").is_file()  # --report built it at the end of the run
     built = runner.invoke(main, ["report", str(out)])
     assert built.exit_code == 0, built.output
+    assert "0 thumbnails written, 25 reused" in built.stderr  # 5 originals, 20 maps
     html = Path(built.stdout.strip())
     assert html == out / "report.html"
 

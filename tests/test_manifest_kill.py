@@ -95,6 +95,8 @@ def test_killed_run_lists_exactly_its_maps_and_resumes(tmp_path: Path) -> None:
     final = read_manifest(out, require_files=True)
     assert len(final.entries) == IMAGES
     assert {str(e["npy"]) for e in final.entries} == maps_on_disk(out)
-    assert {e["input"] for e in final.entries} == set(names)
+    assert {e["input"] for e in final.entries} == set(names)  # as given, relative to the run
+    for entry in final.entries:  # found from any working directory through input_abspath
+        assert final.input_of(entry) == tmp_path / entry["input"]
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len([line for line in lines if line]) == IMAGES + len(manifest.problems)

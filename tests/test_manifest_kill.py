@@ -100,3 +100,25 @@ def test_killed_run_lists_exactly_its_maps_and_resumes(tmp_path: Path) -> None:
         assert final.input_of(entry) == tmp_path / entry["input"]
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len([line for line in lines if line]) == IMAGES + len(manifest.problems)
+
+
+def test_overwrite_supersedes_older_lines_and_skip_existing_appends_nothing(
+    tmp_path: Path,
+) -> None:
+    names = [f"in/img{n}.png" for n in range(3)]
+    for name in names:
+        write_image(tmp_path / name)
+    out = tmp_path / "out"
+
+    def run(*args: str) -> None:
+        done = scorecam("run", "in", "-o", "out", *TINY, *args, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+
+    run("--alpha", "0.5")
+    run("--alpha", "0.25", "--overwrite")
+    run("--skip-existing")
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 6  # 3 maps twice; the resumed run added none
+    manifest = read_manifest(out, require_files=True)
+    assert len(manifest.entries) == 3 and manifest.problems == []
+    assert {entry["options"]["alpha"] for entry in manifest.entries} == {0.25}

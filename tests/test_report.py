@@ -86,3 +86,21 @@ def test_cli_without_a_manifest_is_a_one_line_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 1
     assert "no manifest.jsonl" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_names_cannot_break_out_of_the_page_and_bad_overlays_lose_only_their_preview(
+    tmp_path: Path,
+) -> None:
+    write_synthetic_run(tmp_path, inputs=2, classes=1, methods=("scorecam",))
+    out = tmp_path / "out"
+    lines = (out / MANIFEST_NAME).read_text().splitlines()
+    hostile = json.loads(lines[0]) | {"class_name": "</script><b>x</b>&amp;"}
+    (out / MANIFEST_NAME).write_text("\n".join([json.dumps(hostile), lines[1]]) + "\n")
+    (out / json.loads(lines[1])["overlay"]).write_bytes(b"not a png")
+    result = build_report(out)
+    assert len(result.problems) == 1 and "could not decode" in result.problems[0]
+    text = result.html.read_text(encoding="utf-8")
+    assert "</script><b>" not in text
+    cards = page_data(result.html)["cards"]
+    assert cards[0]["maps"][0]["class_name"] == "</script><b>x</b>&amp;"
+    assert cards[1]["maps"][0]["thumb"] is None and cards[1]["maps"][0]["href"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,21 +154,22 @@ def run(explainer: Explainer, inputs: Iterable[InputImage], options: RunOptions)
     """Explain every input and write its outputs: one event per input, in input order.
 
     A bad input becomes a Failure event, never an exception, so the run goes on with the others.
-    Every written map gets its manifest line (flushed) before its event is yielded.
+    Every written map gets its manifest line (flushed by the writer thread just before the map's
+    ``.npy``, its last file, so a killed run leaves no finished map unlisted) before its event.
     """
     accepted = _accepted_inputs(inputs, options, explainer.targets_per_image)
     pending: deque[tuple[list[Event], list[Future[Event]]]] = deque()
     manifest = ManifestWriter(options.output_dir / options.manifest_name)
     settings = run_settings(explainer, options)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorecam-writer")
-    with writer, manifest:
+    with manifest, writer:  # the writer thread finishes its lines before the manifest closes
         try:
             for batch in _batches(accepted, explainer, options):
-                pending.append(_submit(batch, explainer, options, writer))
+                pending.append(_submit(batch, explainer, options, writer, (manifest, settings)))
                 while len(pending) > 1:  # keep one batch rendering while the next computes
-                    yield from _recorded(_collect(pending.popleft()), manifest, options, settings)
+                    yield from _collect(pending.popleft())
             while pending:
-                yield from _recorded(_collect(pending.popleft()), manifest, options, settings)
+                yield from _collect(pending.popleft())
         finally:
             for _, futures in pending:
                 for future in futures:
@@ -191,27 +192,18 @@ def explain_batch(
 ) -> list[Event]:
     """Explain decoded images ``batch`` (N, 3, H, W) and write their maps before returning:
     one event per image of ``good`` (the engines that run batches elsewhere call this)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorecam-writer") as writer:
-        return list(
-            _collect(_submit(([], good, explainer.explain(batch)), explainer, options, writer))
+    result = explainer.explain(batch)
+    maps = result.maps.cpu().numpy()  # (N, T, h, w)
+    classes = result.classes.cpu().tolist()
+    probabilities = result.probabilities.cpu().tolist()
+    passes = result.image_passes.cpu().tolist()
+    saved = result.image_passes_saved.cpu().tolist()
+    return [
+        _write_image(
+            item, maps[n], classes[n], probabilities[n], (passes[n], saved[n]), explainer, options
         )
-
-
-def _recorded(
-    events: Iterator[Event],
-    manifest: ManifestWriter,
-    options: RunOptions,
-    settings: dict[str, object],
-) -> Iterator[Event]:
-    """Pass ``events`` on, after appending each written map to the manifest."""
-    for event in events:
-        if isinstance(event, Explained):
-            for record in event.records:
-                entry = entry_from_record(
-                    asdict(record), options.output_dir, event.original_size, settings
-                )
-                manifest.append(entry)
-        yield event
+        for n, item in enumerate(good)
+    ]
 
 
 def _accepted_inputs(
@@ -294,6 +286,7 @@ def _submit(
     explainer: Explainer,
     options: RunOptions,
     writer: ThreadPoolExecutor,
+    manifest: tuple[ManifestWriter, dict[str, object]],
 ) -> tuple[list[Event], list[Future[Event]]]:
     events, good, result = batch
     if result is None:
@@ -305,7 +298,8 @@ def _submit(
     saved = result.image_passes_saved.cpu().tolist()
     futures = [
         writer.submit(
-            _write_image,
+            _write_and_record,
+            manifest,
             item,
             maps[n],
             classes[n],
@@ -326,7 +320,8 @@ def _collect(entry: tuple[list[Event], list[Future[Event]]]) -> Iterator[Event]:
         yield future.result()
 
 
-def _write_image(
+def _write_and_record(
+    manifest: tuple[ManifestWriter, dict[str, object]],
     item: LoadedImage,
     maps: np.ndarray,
     classes: list[int],
@@ -335,7 +330,32 @@ def _write_image(
     explainer: Explainer,
     options: RunOptions,
 ) -> Event:
-    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event."""
+    """``_write_image`` on the writer thread, each map's manifest line appended just before its
+    ``.npy`` (written last): a killed run never leaves an ``.npy`` without its line."""
+    writer, settings = manifest
+
+    def append(record: MapRecord) -> None:
+        entry = entry_from_record(asdict(record), options.output_dir, item.original_size, settings)
+        writer.append(entry)
+
+    return _write_image(item, maps, classes, probabilities, passes, explainer, options, append)
+
+
+def _write_image(
+    item: LoadedImage,
+    maps: np.ndarray,
+    classes: list[int],
+    probabilities: list[float],
+    passes: tuple[int, int],
+    explainer: Explainer,
+    options: RunOptions,
+    on_record: Callable[[MapRecord], None] = lambda record: None,
+) -> Event:
+    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event.
+
+    Per map: the overlay (and heatmap), then ``on_record`` (the manifest line), then the ``.npy``
+    last, so an existing ``.npy`` means a finished, listed map.
+    """
     source = item.input
     try:
         assert item.pixels is not None, "only decoded images are written"
@@ -348,26 +368,26 @@ def _write_image(
             full = render.resize_map(cam, image.shape[:2])  # (H, W) raw float32
             heat = render.heatmap(render.normalise(full), options.colormap)
             stored = stored_map(cam, full, explainer.size, options.npy_size, options.npy_dtype)
-            render.write_npy(paths["npy"], stored)
             if options.save_heatmap:
                 render.write_png(paths["heatmap"], heat)
             render.write_png(paths["overlay"], render.overlay(image, heat, options.alpha))
-            records.append(
-                MapRecord(
-                    input=str(source.path),
-                    overlay=str(paths["overlay"]),
-                    npy=str(paths["npy"]),
-                    heatmap=str(paths["heatmap"]) if options.save_heatmap else None,
-                    class_index=class_index,
-                    class_name=explainer.model.class_name(class_index),
-                    probability=round(float(probability), 6),
-                    model=explainer.model.name,
-                    layer=str(explainer.layer),
-                    method=explainer.config.method,
-                    forward_passes=passes[0],
-                    forward_passes_saved=passes[1],
-                )
+            record = MapRecord(
+                input=str(source.path),
+                overlay=str(paths["overlay"]),
+                npy=str(paths["npy"]),
+                heatmap=str(paths["heatmap"]) if options.save_heatmap else None,
+                class_index=class_index,
+                class_name=explainer.model.class_name(class_index),
+                probability=round(float(probability), 6),
+                model=explainer.model.name,
+                layer=str(explainer.layer),
+                method=explainer.config.method,
+                forward_passes=passes[0],
+                forward_passes_saved=passes[1],
             )
+            on_record(record)
+            render.write_npy(paths["npy"], stored)
+            records.append(record)
         return Explained(str(source.path), records, item.original_size)
     except (ScoreCamError, OSError, ValueError) as exc:
         return Failure(str(source.path), str(exc))

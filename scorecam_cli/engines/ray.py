@@ -8,6 +8,8 @@ one GPU each on a GPU cluster). Each actor explains its batches and writes the o
 :func:`scorecam_cli.pipeline.explain_batch`, and sends back one event per input. The driver
 yields those events as they arrive (completion order, not input order) and appends the manifest,
 so stdout records, manifest lines, per-file errors and exit codes are those of the local engine.
+Unlike the local engine, a map's manifest line follows its ``.npy`` (written by an actor, listed
+by the driver): a driver killed in between leaves that map on disk without its line.
 
 An actor that dies is restarted and its batch retried (Ray Data's actor defaults:
 ``max_restarts=-1``, ``max_task_retries=-1``); a batch written twice is written atomically both

@@ -76,8 +76,11 @@ def comparable(record: dict[str, Any], root: Path) -> dict[str, Any]:
     return out
 
 
-def test_ray_engine_matches_the_local_engine(cluster: None, folder: Path, tmp_path: Path) -> None:
-    local_out, ray_out = tmp_path / "local", tmp_path / "ray"
+def test_ray_engine_matches_the_local_engine(
+    cluster: None, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative inputs and outputs mean the same to the workers
+    folder, local_out, ray_out = Path(folder.name), Path("local"), Path("ray")
     local = invoke(str(folder), "-o", str(local_out), "--image-batch", "2")
     remote = invoke(str(folder), "-o", str(ray_out), "--image-batch", "2", "--engine", "ray")
     assert local.exit_code == 1 and remote.exit_code == 1  # the bad files failed

@@ -167,12 +167,17 @@ def _dataset(
     ]
     decoded = ray.data.from_items(rows).map(
         _decode_row,
-        fn_kwargs={"size": explainer.size, "mean": tuple(prep.mean), "std": tuple(prep.std)},
+        fn_kwargs={
+            "size": explainer.size,
+            "mean": tuple(prep.mean),
+            "std": tuple(prep.std),
+            "cwd": os.getcwd(),
+        },
         num_cpus=0.5,
     )
     return decoded.map_batches(
         MapActor,
-        fn_constructor_args=(factory, "cuda" if gpus else "cpu", options),
+        fn_constructor_args=(factory, "cuda" if gpus else "cpu", options, os.getcwd()),
         batch_size=options.images_per_batch,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=ray_options.actors),
@@ -204,10 +209,15 @@ def _check_room(ray: Any, actors: int, gpus: int) -> None:
 
 
 def _decode_row(
-    row: dict[str, Any], size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]
+    row: dict[str, Any],
+    size: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    cwd: str,
 ) -> dict[str, Any]:
     """One input -> its normalised image (3, H, W) float32 and pixels (H0, W0, 3) uint8, or the
     reason it could not be read (then both are placeholders)."""
+    _enter(cwd)
     item = _input_of(row)
     loaded = load_image(int(row["index"]), item, size, mean, std)
     if loaded.tensor is None or loaded.pixels is None:
@@ -218,6 +228,12 @@ def _decode_row(
     return {**row, "tensor": tensor, "pixels": pixels, "error": loaded.error or ""}
 
 
+def _enter(cwd: str) -> None:
+    """Work in the driver's folder, where it exists, so relative inputs and OUT mean the same."""
+    if os.getcwd() != cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
 def _input_of(row: dict[str, Any]) -> InputImage:
     return InputImage(Path(os.fsdecode(row["path"])), Path(os.fsdecode(row["relative"])))
 
@@ -225,7 +241,10 @@ def _input_of(row: dict[str, Any]) -> InputImage:
 class MapActor:
     """A model actor: loads the explainer once, then explains and writes batch after batch."""
 
-    def __init__(self, factory: ExplainerFactory, device: str, options: RunOptions) -> None:
+    def __init__(
+        self, factory: ExplainerFactory, device: str, options: RunOptions, cwd: str
+    ) -> None:
+        _enter(cwd)
         self.explainer = factory(device)
         self.options = options
 

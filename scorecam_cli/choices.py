@@ -7,3 +7,4 @@ GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
 METHODS = SCORE_METHODS + GRADIENT_METHODS
 WEIGHTINGS = ("softmax", "prob")
 PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # what runs the masked passes

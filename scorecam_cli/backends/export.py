@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,6 +34,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], path: Path) -> No
         contextlib.redirect_stdout(chatter),
         contextlib.redirect_stderr(chatter),
         warnings.catch_warnings(),
+        _no_logging(),
     ):
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -45,3 +48,15 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], path: Path) -> No
             dynamic_shapes=({0: batch},),
             external_data=False,
         )
+
+
+@contextlib.contextmanager
+def _no_logging() -> Iterator[None]:
+    """Silence every logger while the exporter runs (torch.export and onnxscript log warnings
+    about the traced code on failure; the caller says what matters in one line)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)

@@ -24,12 +24,6 @@ CPU = torch.device("cpu")
 SAMPLES = Path(__file__).parent.parent / "sample_images"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Every test exports into a cache of this session, never the user's ~/.cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
-
-
 @pytest.fixture
 def export_count(monkeypatch):
     """How many times the exporter ran (the real exporter, counted)."""

@@ -19,6 +19,8 @@ import torch
 from benchkit.agreement import agreement, to_input_size
 from benchkit.cases import log
 
+from scorecam_cli.cam import resolve_device
+
 BENCH = Path(__file__).resolve().parents[1] / "bench.py"
 PEER_BATCH_SIZE = {"cpu": 4, "cuda": 64}  # the peers' best in results/cpu-full.json; CUDA: guess
 
@@ -43,6 +45,8 @@ def _cli_run(
                "--device", args.device]  # fmt: skip
     if args.e2e_batch_size:
         command += ["--batch-size", str(args.e2e_batch_size)]
+    if args.e2e_size:
+        command += ["--input-size", str(args.e2e_size)]
     if args.threads:
         command += ["--threads", str(args.threads)]
     seconds, proc = _timed_process(command, env)
@@ -77,13 +81,15 @@ def ours_whole_process(args: argparse.Namespace, backend: str, rounds: int) -> d
 
 def peer_whole_process(args: argparse.Namespace, peer: str, rounds: int) -> dict[str, Any]:
     """``rounds`` fresh processes running the peer on the image; median wall seconds."""
-    batch = args.e2e_peer_batch_size or PEER_BATCH_SIZE.get(torch.device(args.device).type, 4)
+    device = resolve_device(args.device)
+    batch = args.e2e_peer_batch_size or PEER_BATCH_SIZE.get(device.type, 4)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "map.npy"
         command = [sys.executable, str(BENCH), "--peer-worker", peer, "--peer-worker-output",
                    str(output), "--peer-worker-batch-size", str(batch), "--e2e-image",
-                   str(args.e2e_image), "--device", args.device]  # fmt: skip
+                   str(args.e2e_image), "--device", args.device,
+                   "--e2e-size", str(args.e2e_size or 224)]  # fmt: skip
         for _ in range(rounds):
             seconds, proc = _timed_process(command, _env())
             if proc.returncode != 0:

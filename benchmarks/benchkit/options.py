@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--e2e", action="store_true", help="whole-process part also in quick mode")
     add("--no-e2e", action="store_true", help="skip the whole-process part")
     add("--e2e-image", type=Path, default=IMAGES / "coffee.png", help="its image")
+    add("--e2e-size", type=int, default=None, help="input size of the whole-process part "
+        "(default: the model's own, 224; smaller only to check that it runs)")  # fmt: skip
     add("--e2e-batch-size", type=int, default=None, help="ours: --batch-size of scorecam run "
         "(default: each backend's own default)")  # fmt: skip
     add("--e2e-peer-batch-size", type=int, default=None, help="the peers' (CPU 4, CUDA 64)")

@@ -49,7 +49,7 @@ def peer_worker(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     device = resolve_device(args.device)
-    case = prepare_case("efficientnet_lite0", args.e2e_image, 224, device, {})
+    case = prepare_case("efficientnet_lite0", args.e2e_image, args.e2e_size, device, {})
     output: Any = RUNNERS[args.peer_worker](case, args.peer_worker_batch_size)
     np.save(args.peer_worker_output, np.asarray(torch.as_tensor(output).float().cpu()))
     print(json.dumps({"in_process_seconds": time.perf_counter() - start}))

@@ -4,8 +4,8 @@
    batch size, in this process;
 2. exact Score-CAM of coffee.png (``compute_cams``, masks included) per backend, thread count and
    batch size: the best of these is the backend's default batch size and thread count;
-3. whole ``scorecam run sample_images/`` processes per ``--workers`` (DataLoader decode
-   processes) at the full thread count: decode threads against compute threads.
+3. whole ``scorecam run sample_images/`` processes (backend auto, export cache warm) per compute
+   thread count and ``--workers`` (DataLoader decode processes): decode against compute.
 """
 
 from __future__ import annotations
@@ -87,16 +87,19 @@ def sweep_workers(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Part 3: whole ``scorecam run sample_images/`` processes per decode-worker count."""
     rows = []
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    for workers in args.workers:
-        with tempfile.TemporaryDirectory() as tmp:
-            command = [*scorecam_command(), "--quiet", "run", str(IMAGES), "-o", tmp,
-                       "--workers", str(workers)]  # fmt: skip
-            subprocess.run([*command, "--overwrite"], env=env, capture_output=True, check=True)
-            start = time.perf_counter()  # the second run: the export cache is warm
-            subprocess.run([*command, "--overwrite"], env=env, capture_output=True, check=True)
-            row = {"workers": workers, "seconds": time.perf_counter() - start}
-        log(f"  {row}")
-        rows.append(row)
+    for threads in args.threads:
+        for workers in args.workers:
+            with tempfile.TemporaryDirectory() as tmp:
+                command = [*scorecam_command(), "--quiet", "run", str(IMAGES), "-o", tmp,
+                           "--workers", str(workers), "--threads", str(threads),
+                           "--input-size", str(args.size), "--overwrite"]  # fmt: skip
+                subprocess.run(command, env=env, capture_output=True, check=True)
+                start = time.perf_counter()  # the second run: the export cache is warm
+                subprocess.run(command, env=env, capture_output=True, check=True)
+                row = {"threads": threads, "workers": workers}
+                row["seconds"] = time.perf_counter() - start
+            log(f"  {row}")
+            rows.append(row)
     return rows
 
 
@@ -128,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in best.items():
         print(f"best {name}: {row['threads']} threads, batch {row['batch_size']}")
     for row in workers:
-        print(f"scorecam run sample_images/ --workers {row['workers']}: {row['seconds']:.2f} s")
+        print(
+            f"scorecam run sample_images/ --threads {row['threads']} --workers "
+            f"{row['workers']}: {row['seconds']:.2f} s"
+        )
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +20,9 @@ import torch
 from scorecam_cli import render
 from scorecam_cli.cam import CamConfig, CamResult, ScoreBatch, compute_cams
 from scorecam_cli.errors import ScoreCamError
-from scorecam_cli.evaluate import (
-    Faithfulness,
-    FaithfulnessScores,
-    SanityStep,
-    cam_explainer,
-    faithfulness_scores,
-    merge_sanity,
-    sanity_check,
-    summarise,
-)
 from scorecam_cli.images import InputImage, LoadedImage, load_batches
 from scorecam_cli.layers import LayerRef
+from scorecam_cli.manifest import MANIFEST_NAME, ManifestWriter, entry_from_record
 from scorecam_cli.models import LoadedModel
 
 log = logging.getLogger("scorecam_cli")
@@ -49,6 +40,7 @@ class RunOptions:
     overwrite: bool = False
     images_per_batch: int = 8
     workers: int = 1
+    manifest_name: str = MANIFEST_NAME  # under output_dir; every written map gets a line
 
 
 @dataclass(frozen=True)
@@ -75,6 +67,7 @@ class Explained:
 
     input: str
     records: list[MapRecord]
+    original_size: tuple[int, int] = (0, 0)  # (H, W) of the decoded input
 
 
 @dataclass(frozen=True)
@@ -116,6 +109,17 @@ class Explainer:
     def targets_per_image(self) -> int:
         return len(self.classes) if self.classes else self.top_k
 
+    def settings(self) -> dict[str, object]:
+        """How the maps were made, beyond what each record says (for the manifest)."""
+        return {
+            "weights": self.model.weights,
+            "input_size": list(self.size),
+            "weighting": self.config.weighting,
+            "precision": self.config.precision,
+            "classes": list(self.classes) if self.classes else None,
+            "top_k": self.top_k,
+        }
+
     def explain(self, batch: torch.Tensor) -> CamResult:
         """Maps of preprocessed images (N, 3, H, W) on the CPU."""
         images = batch.to(self.device, non_blocking=True)
@@ -135,9 +139,14 @@ def output_stem(options: RunOptions, item: InputImage) -> Path:
     return options.output_dir / item.relative.parent / item.relative.name
 
 
-def output_paths(stem: Path, class_index: int) -> dict[str, Path]:
-    """The overlay, heatmap and npy paths of one map."""
-    base = f"{stem.name}.c{class_index}"
+def output_paths(stem: Path, class_index: int, method: str = "scorecam") -> dict[str, Path]:
+    """The overlay, heatmap and npy paths of one map: ``<stem>.c<class>[.<method>].npy`` and so on.
+
+    Exact Score-CAM, the default, keeps the short names; other methods add theirs, so runs of
+    several methods into one folder sit side by side.
+    """
+    suffix = "" if method == "scorecam" else f".{method}"
+    base = f"{stem.name}.c{class_index}{suffix}"
     return {
         "overlay": stem.with_name(f"{base}.overlay.png"),
         "heatmap": stem.with_name(f"{base}.heatmap.png"),
@@ -149,13 +158,18 @@ def run(explainer: Explainer, inputs: Iterable[InputImage], options: RunOptions)
     """Explain every input and write its outputs: one event per input, in input order.
 
     A bad input becomes a Failure event, never an exception, so the run goes on with the others.
+    Every written map gets its manifest line (flushed by the writer thread just before the map's
+    ``.npy``, its last file, so a killed run leaves no finished map unlisted) before its event.
     """
     accepted = _accepted_inputs(inputs, options, explainer.targets_per_image)
     pending: deque[tuple[list[Event], list[Future[Event]]]] = deque()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorecam-writer") as writer:
+    manifest = ManifestWriter(options.output_dir / options.manifest_name)
+    settings = {**explainer.settings(), "colormap": options.colormap, "alpha": options.alpha}
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorecam-writer")
+    with manifest, writer:  # the writer thread finishes its lines before the manifest closes
         try:
             for batch in _batches(accepted, explainer, options):
-                pending.append(_submit(batch, explainer, options, writer))
+                pending.append(_submit(batch, explainer, options, writer, (manifest, settings)))
                 while len(pending) > 1:  # keep one batch rendering while the next computes
                     yield from _collect(pending.popleft())
             while pending:
@@ -205,7 +219,7 @@ def _glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def _decoded_batches(
+def decoded_batches(
     explainer: Explainer, inputs: Iterable[InputImage], options: RunOptions
 ) -> Iterator[tuple[list[Failure], list[LoadedImage], torch.Tensor | None]]:
     """Per batch: the inputs that failed to decode, those that did, and their images
@@ -233,7 +247,7 @@ def _batches(
             else:
                 early.append(item)
 
-    for failures, good, batch in _decoded_batches(explainer, images(), options):
+    for failures, good, batch in decoded_batches(explainer, images(), options):
         events: list[Event] = [*early, *failures]
         early.clear()
         yield events, good, explainer.explain(batch) if batch is not None else None
@@ -246,6 +260,7 @@ def _submit(
     explainer: Explainer,
     options: RunOptions,
     writer: ThreadPoolExecutor,
+    manifest: tuple[ManifestWriter, dict[str, object]],
 ) -> tuple[list[Event], list[Future[Event]]]:
     events, good, result = batch
     if result is None:
@@ -257,7 +272,8 @@ def _submit(
     saved = result.image_passes_saved.cpu().tolist()
     futures = [
         writer.submit(
-            _write_image,
+            _write_and_record,
+            manifest,
             item,
             maps[n],
             classes[n],
@@ -278,7 +294,8 @@ def _collect(entry: tuple[list[Event], list[Future[Event]]]) -> Iterator[Event]:
         yield future.result()
 
 
-def _write_image(
+def _write_and_record(
+    manifest: tuple[ManifestWriter, dict[str, object]],
     item: LoadedImage,
     maps: np.ndarray,
     classes: list[int],
@@ -287,7 +304,32 @@ def _write_image(
     explainer: Explainer,
     options: RunOptions,
 ) -> Event:
-    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event."""
+    """``_write_image`` on the writer thread, each map's manifest line appended just before its
+    ``.npy`` (written last): a killed run never leaves an ``.npy`` without its line."""
+    writer, settings = manifest
+
+    def append(record: MapRecord) -> None:
+        entry = entry_from_record(asdict(record), options.output_dir, item.original_size, settings)
+        writer.append(entry)
+
+    return _write_image(item, maps, classes, probabilities, passes, explainer, options, append)
+
+
+def _write_image(
+    item: LoadedImage,
+    maps: np.ndarray,
+    classes: list[int],
+    probabilities: list[float],
+    passes: tuple[int, int],
+    explainer: Explainer,
+    options: RunOptions,
+    on_record: Callable[[MapRecord], None] = lambda record: None,
+) -> Event:
+    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event.
+
+    Per map: the overlay (and heatmap), then ``on_record`` (the manifest line), then the ``.npy``
+    last, so an existing ``.npy`` means a finished, listed map.
+    """
     source = item.input
     try:
         assert item.pixels is not None, "only decoded images are written"
@@ -296,102 +338,29 @@ def _write_image(
         stem.parent.mkdir(parents=True, exist_ok=True)
         records: list[MapRecord] = []
         for cam, class_index, probability in zip(maps, classes, probabilities, strict=True):
-            paths = output_paths(stem, class_index)
+            paths = output_paths(stem, class_index, explainer.config.method)
             full = render.resize_map(cam, image.shape[:2])  # (H, W) raw float32
             heat = render.heatmap(render.normalise(full), options.colormap)
-            render.write_npy(paths["npy"], full.astype(np.float32))
             if options.save_heatmap:
                 render.write_png(paths["heatmap"], heat)
             render.write_png(paths["overlay"], render.overlay(image, heat, options.alpha))
-            records.append(
-                MapRecord(
-                    input=str(source.path),
-                    overlay=str(paths["overlay"]),
-                    npy=str(paths["npy"]),
-                    heatmap=str(paths["heatmap"]) if options.save_heatmap else None,
-                    class_index=class_index,
-                    class_name=explainer.model.class_name(class_index),
-                    probability=round(float(probability), 6),
-                    model=explainer.model.name,
-                    layer=str(explainer.layer),
-                    method=explainer.config.method,
-                    forward_passes=passes[0],
-                    forward_passes_saved=passes[1],
-                )
+            record = MapRecord(
+                input=str(source.path),
+                overlay=str(paths["overlay"]),
+                npy=str(paths["npy"]),
+                heatmap=str(paths["heatmap"]) if options.save_heatmap else None,
+                class_index=class_index,
+                class_name=explainer.model.class_name(class_index),
+                probability=round(float(probability), 6),
+                model=explainer.model.name,
+                layer=str(explainer.layer),
+                method=explainer.config.method,
+                forward_passes=passes[0],
+                forward_passes_saved=passes[1],
             )
-        return Explained(str(source.path), records)
+            on_record(record)
+            render.write_npy(paths["npy"], full.astype(np.float32))
+            records.append(record)
+        return Explained(str(source.path), records, item.original_size)
     except (ScoreCamError, OSError, ValueError) as exc:
         return Failure(str(source.path), str(exc))
-
-
-@dataclass(frozen=True)
-class MethodReport:
-    """Faithfulness of one method over every input, and its sanity check when asked for."""
-
-    method: str
-    faithfulness: Faithfulness
-    sanity: list[SanityStep] | None
-
-
-def evaluate(
-    explainer: Explainer,
-    configs: Sequence[CamConfig],
-    inputs: Iterable[InputImage],
-    *,
-    steps: int,
-    sanity: bool,
-    options: RunOptions,
-    on_event: Callable[[Event], None],
-) -> list[MethodReport]:
-    """Measure each method's maps on every input (see :mod:`scorecam_cli.evaluate`).
-
-    The target of each image is the explainer's first class, or its top-1 class. ``on_event``
-    hears of every input as it is done (Explained with no records, or Failure).
-    """
-    scores: dict[str, list[FaithfulnessScores]] = {c.method: [] for c in configs}
-    checks: dict[str, list[list[SanityStep]]] = {c.method: [] for c in configs}
-    model = explainer.model.module
-    for failures, good, batch in _decoded_batches(explainer, inputs, options):
-        for failure in failures:
-            on_event(failure)
-        if batch is None:
-            continue
-        images = batch.to(explainer.device)  # (N, 3, H, W)
-        targets = _eval_targets(explainer, images)  # (N,)
-        for config in configs:
-            backend = (model, explainer.score_batch) if explainer.score_batch else None
-            explain = cam_explainer(explainer.layer, targets, config, backend)
-            saliency = explain(model, images)  # (N, H, W)
-            scores[config.method].append(
-                faithfulness_scores(
-                    model,
-                    images,
-                    saliency,
-                    targets,
-                    steps=steps,
-                    batch_size=config.batch_size,
-                    precision=config.precision,
-                )
-            )
-            if sanity:
-                checks[config.method].append(sanity_check(model, images, explain))
-        for item in good:
-            on_event(Explained(str(item.input.path), []))
-    if not any(scores.values()):
-        return []
-    return [
-        MethodReport(
-            c.method,
-            summarise(scores[c.method]),
-            merge_sanity(checks[c.method]) if sanity else None,
-        )
-        for c in configs
-    ]
-
-
-def _eval_targets(explainer: Explainer, images: torch.Tensor) -> torch.Tensor:
-    """The class each image is judged on (N,): the first --class, or the model's top-1."""
-    if explainer.classes:
-        return torch.full((len(images),), explainer.classes[0], device=images.device)
-    with torch.inference_mode():
-        return explainer.model.module(images).argmax(dim=1)

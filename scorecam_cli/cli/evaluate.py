@@ -92,9 +92,9 @@ def evaluate(
     Insertion AUC: start from a Gaussian-blurred copy (kernel 11, sigma 5) and put the original
       pixels back, most salient first; area under the probability curve. Higher is better.
     """
+    from scorecam_cli.eval_pipeline import evaluate as evaluate_inputs
     from scorecam_cli.images import find_inputs
     from scorecam_cli.pipeline import Failure, RunOptions
-    from scorecam_cli.pipeline import evaluate as evaluate_inputs
 
     chosen = methods or ("scorecam", "gradcam")
     masked = any(method in SCORE_METHODS for method in chosen)

@@ -22,6 +22,7 @@ from scorecam_cli.cli.common import (
     progress,
     report_failure,
 )
+from scorecam_cli.cli.report import write_report
 
 if TYPE_CHECKING:
     from scorecam_cli.pipeline import MapRecord
@@ -66,6 +67,7 @@ log = logging.getLogger("scorecam_cli")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs exist (resume).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
+@click.option("--report", "make_report", is_flag=True, help="Write OUTPUT/report.html at the end.")
 @click.option(
     "--image-batch",
     type=click.IntRange(1),
@@ -95,6 +97,7 @@ def run(
     skip_existing: bool,
     overwrite: bool,
     fail_fast: bool,
+    make_report: bool,
     image_batch: int,
     workers: int,
     **opts: Any,
@@ -152,6 +155,8 @@ def run(
         "passes: %(passes)d run, %(saved)d saved by sharing identical masks",
         counts,
     )
+    if make_report:
+        log.info("report: %s", write_report(output))
     ctx.exit(1 if counts["failed"] else 0)
 
 

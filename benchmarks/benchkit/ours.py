@@ -9,19 +9,22 @@ from typing import Any
 import torch
 from benchkit.cases import Case, log
 
-from scorecam_cli.backends import Backend, installed, load_backend
+from scorecam_cli.backends import Backend, load_backend, resolve_backend
 from scorecam_cli.cam import CamConfig, as_model_input, compute_cams
+from scorecam_cli.errors import BackendUnavailable
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> logits (B, C)
 
 
 def available_backends(device: torch.device) -> list[str]:
     """The backends this benchmark can time here: torch, and each exported one installed."""
-    names = ["torch"]
-    if installed("onnxruntime"):
-        names.append("onnxruntime")
-    if installed("openvino") and device.type == "cpu":
-        names.append("openvino")
+    names = []
+    for name in ("torch", "onnxruntime", "openvino"):
+        try:
+            resolve_backend(name, device)
+        except BackendUnavailable:
+            continue  # not installed, or not for this device (e.g. no CUDA provider)
+        names.append(name)
     return names
 
 

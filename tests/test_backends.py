@@ -252,3 +252,21 @@ def test_cli_refuses_half_precision_for_an_exported_backend(tmp_path):
                     "--precision", "fp16")  # fmt: skip
     assert done.returncode == 1 and done.stdout == ""
     assert "--precision fp16 is PyTorch autocast; backend openvino runs fp32" in done.stderr
+
+
+def test_auto_tries_the_next_backend_when_one_cannot_load_the_export(monkeypatch, caplog):
+    real = runtimes._open
+
+    def without_openvino(backend, path, device, threads):
+        if backend == "openvino":
+            raise RuntimeError("no CPU plugin")
+        return real(backend, path, device, threads)
+
+    monkeypatch.setattr(runtimes, "_open", without_openvino)
+    with caplog.at_level(logging.INFO, logger="scorecam_cli"):
+        loaded = load_backend(
+            TinyNet().eval(), "auto", model_name="tiny", input_size=(32, 32), device=CPU
+        )
+    assert loaded.name == "onnxruntime" and loaded.score_batch is not None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("openvino failed" in r.getMessage() for r in caplog.records)

@@ -137,10 +137,22 @@ def load_backend(
     eager = Backend("torch", None, default_batch_size("torch", device), threads)
     if chosen == "torch":
         return eager
-    try:
-        score = runtimes.build(model, chosen, model_name, input_size, device, threads)
-    except runtimes.BackendFailure as exc:
-        log.warning("%s: masked passes run in PyTorch, not %s: %s", model_name, chosen, exc)
-        return eager
-    log.debug("masked passes: %s, %d threads", chosen, threads)
-    return Backend(chosen, score, default_batch_size(chosen, device), threads)
+    # auto goes down its order when a backend cannot load the export (not when it cannot be
+    # exported at all: every exported backend needs the export)
+    order = AUTO_ORDER.get(device.type, ()) if name == "auto" else (chosen,)
+    candidates = [b for b in order[order.index(chosen) :] if b != "torch" and _usable(b, device)]
+    for number, candidate in enumerate(candidates, start=1):
+        try:
+            score = runtimes.build(model, candidate, model_name, input_size, device, threads)
+        except runtimes.BackendFailure as exc:
+            if number == len(candidates) or isinstance(exc, runtimes.ExportFailure):
+                log.warning(
+                    "%s: masked passes run in PyTorch, not %s: %s", model_name, candidate, exc
+                )
+                return eager
+            log.info("%s: %s failed (%s); trying %s", model_name, candidate, exc,
+                     candidates[number])  # fmt: skip
+            continue
+        log.debug("masked passes: %s, %d threads", candidate, threads)
+        return Backend(candidate, score, default_batch_size(candidate, device), threads)
+    return eager

@@ -17,7 +17,9 @@ def open_onnxruntime(path: Path, device: torch.device, threads: int) -> ScoreBat
     """Logits (B, C) of images (B, 3, H, W) on ``device``, by an ONNX Runtime session.
 
     Inputs and outputs are bound to the torch tensors' memory (no copies); on CUDA the session
-    runs on torch's current stream, so it sees the masked images torch queued before it.
+    runs on torch's current stream (or beside torch's legacy default stream, which orders
+    itself with it), so it sees the masked images torch queued before it; each run ends
+    synchronised (ORT's default), so the logits are ready when it returns.
     """
     import onnxruntime as ort
 
@@ -30,8 +32,11 @@ def open_onnxruntime(path: Path, device: torch.device, threads: int) -> ScoreBat
     providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = {"device_id": str(index)}
         stream = torch.cuda.current_stream(index).cuda_stream
-        cuda = {"device_id": str(index), "user_compute_stream": str(stream)}
+        if stream:  # torch's default (legacy) stream is 0, which ORT rejects; that stream
+            # orders itself with ORT's blocking streams anyway
+            cuda["user_compute_stream"] = str(stream)
         providers.insert(0, ("CUDAExecutionProvider", cuda))
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     if device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():

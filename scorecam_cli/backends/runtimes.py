@@ -23,6 +23,10 @@ class BackendFailure(Exception):
     """The model cannot run in this backend (export, loading or the logit check failed)."""
 
 
+class ExportFailure(BackendFailure):
+    """The model cannot be exported to ONNX: no exported backend can run it."""
+
+
 def build(
     model: nn.Module,
     backend: str,
@@ -38,7 +42,7 @@ def build(
     try:
         path = cached_onnx(model, model_name, input_size)
     except Exception as exc:  # the exporter raises many kinds; all mean "cannot export"
-        raise BackendFailure(f"cannot export it to ONNX ({_first_line(exc)})") from exc
+        raise ExportFailure(f"cannot export it to ONNX ({_first_line(exc)})") from exc
     try:
         score = _open(backend, path, device, threads)
     except Exception as first:

@@ -12,10 +12,10 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,fast,ray]'
 
 install-bench: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,fast,ray,bench]'
 
 test:
 	$(BIN)/python -m pytest -q

@@ -14,3 +14,4 @@ NPY_SIZES = (
 )  # the .npy map at the image's, model input's or layer's size
 NPY_DTYPES = ("float32", "float16")
 ENGINES = ("local", "ray")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # what runs the masked passes

@@ -57,7 +57,8 @@ def evaluate(
         images = batch.to(explainer.device)  # (N, 3, H, W)
         targets = _eval_targets(explainer, images)  # (N,)
         for config in configs:
-            explain = cam_explainer(explainer.layer, targets, config)
+            backend = (model, explainer.score_batch) if explainer.score_batch else None
+            explain = cam_explainer(explainer.layer, targets, config, backend)
             saliency = explain(model, images)  # (N, H, W)
             scores[config.method].append(
                 faithfulness_scores(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from scorecam_cli import render
-from scorecam_cli.cam import CamConfig, CamResult, compute_cams
+from scorecam_cli.cam import CamConfig, CamResult, ScoreBatch, compute_cams
 from scorecam_cli.errors import ScoreCamError
 from scorecam_cli.images import InputImage, LoadedImage, load_batches
 from scorecam_cli.layers import LayerRef
@@ -102,6 +102,7 @@ class Explainer:
     classes: Sequence[int] | None = None
     top_k: int = 1
     input_size: tuple[int, int] | None = None
+    score_batch: ScoreBatch | None = None  # runs the masked passes (a backend); None: the model
 
     @property
     def size(self) -> tuple[int, int]:
@@ -126,7 +127,13 @@ class Explainer:
         """Maps of preprocessed images (N, 3, H, W) on the CPU."""
         images = batch.to(self.device, non_blocking=True)
         return compute_cams(
-            self.model.module, self.layer, images, self.classes, self.top_k, self.config
+            self.model.module,
+            self.layer,
+            images,
+            self.classes,
+            self.top_k,
+            self.config,
+            score_batch=self.score_batch,
         )
 
 

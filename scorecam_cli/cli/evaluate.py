@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from scorecam_cli.choices import METHODS
+from scorecam_cli.choices import METHODS, SCORE_METHODS
 from scorecam_cli.cli.common import (
     Fatal,
     cam_options,
@@ -100,8 +100,9 @@ def evaluate(
     from scorecam_cli.pipeline import Failure, RunOptions
 
     chosen = methods or ("scorecam", "gradcam")
+    masked = any(method in SCORE_METHODS for method in chosen)
     explainer = make_explainer(
-        model, weights, layer, input_size, chosen[0], class_names[:1], 1, opts
+        model, weights, layer, input_size, chosen[0], class_names[:1], 1, opts, masked
     )
     configs = [make_config(method, **opts) for method in chosen]
     failed = 0

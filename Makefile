@@ -6,16 +6,16 @@ BIN := $(VENV)/bin
 # keeps on disk; pyproject.toml itself asks only for ranges. Override for another machine.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install install-bench test lint bench bench-full demo clean
+.PHONY: install install-bench test lint bench bench-full bench-report demo clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,fast,ray]'
 
 install-bench: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,fast,ray,bench]'
 
 test:
 	$(BIN)/python -m pytest -q
@@ -33,6 +33,10 @@ bench: install-bench
 
 bench-full: install-bench
 	$(BIN)/python benchmarks/bench.py
+
+# The 10,000-map report's load time in Chromium and its thumbnails' size on disk.
+bench-report: install
+	$(BIN)/python benchmarks/report_load.py --json benchmarks/results/report-load.json
 
 demo:
 	$(BIN)/scorecam run sample_images/ -o scorecam-out/

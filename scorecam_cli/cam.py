@@ -33,6 +33,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16} 
 AUTO_BATCH_SIZE = {"cpu": 4, "cuda": 128}
 RANGE_EPS = 1e-7  # a channel whose upsampled range is at most this gets the all-zero mask
 MASK_LEVELS = 2**20  # masks equal at this resolution share a forward pass
+ScoreBatch = Callable[[Tensor], Tensor]  # masked images (B, 3, H, W) -> logits (B, C)
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,15 @@ def compute_cams(
     classes: Tensor | Sequence[int] | None = None,
     top_k: int = 1,
     config: CamConfig | None = None,
+    score_batch: ScoreBatch | None = None,
 ) -> CamResult:
     """Class activation maps of ``images`` (N, 3, H, W) at ``layer`` for T classes per image.
 
     ``classes`` is None (the top ``top_k`` classes), a sequence of T class indices for every
     image, or an (N, T) tensor. The model must be in eval mode on the images' device. Returns raw
     maps (N, T, h, w) at the layer's resolution; upsample them with :func:`upsample_maps`.
+    ``score_batch`` runs the masked passes, images (B, 3, H, W) -> logits (B, C) on the images'
+    device (e.g. an exported copy of the model, :mod:`scorecam_cli.backends`); None: ``model``.
     """
     config = config or CamConfig()
     _check_config(config)
@@ -110,7 +114,8 @@ def compute_cams(
             logits = model(as_model_input(images)).float()  # (N, C)
         acts = seen.value().float()  # (N, K, h, w)
         targets = _targets(logits, classes, top_k)  # (N, T)
-        scores, chosen, counts = _channel_scores(model, images, acts, targets, config)
+        forward = score_batch or (lambda batch: model(as_model_input(batch)))
+        scores, chosen, counts = _channel_scores(forward, images, acts, targets, config)
         weights = _weights(scores, chosen, config.weighting)  # (N, K, T)
         maps = torch.einsum("nkt,nkhw->nthw", weights, acts).relu()  # (N, T, h, w)
     return _result(maps, targets, logits, counts)
@@ -205,7 +210,7 @@ def _chosen_channels(acts: Tensor, config: CamConfig) -> Tensor:
 
 
 def _channel_scores(
-    model: nn.Module, images: Tensor, acts: Tensor, targets: Tensor, config: CamConfig
+    forward: ScoreBatch, images: Tensor, acts: Tensor, targets: Tensor, config: CamConfig
 ) -> tuple[Tensor, Tensor, _PassCounts]:
     """Score of each chosen channel's masked input for each target: (N, K, T).
 
@@ -229,10 +234,10 @@ def _channel_scores(
     needs_zero = bool((chosen & ~todo).any())
     scores = torch.zeros(n, k, targets.shape[1], device=acts.device)  # (N, K, T)
     if needs_zero:
-        zero_logits = model(as_model_input(torch.zeros_like(images[:1]))).float()  # (1, C)
+        zero_logits = forward(torch.zeros_like(images[:1])).float()  # (1, C)
         zero_scores = score_of(zero_logits.expand(n, -1), torch.arange(n, device=acts.device))
         scores[:] = zero_scores[:, None, :]  # (N, 1, T) over every channel
-    unique_scores = _masked_scores(model, images, acts, unique, score_of, config)  # (U, T)
+    unique_scores = _masked_scores(forward, images, acts, unique, score_of, config)  # (U, T)
     pair_scores = unique_scores if inverse is None else unique_scores[inverse]  # (P, T)
     scores[pairs[:, 0], pairs[:, 1]] = pair_scores
     per_image = torch.bincount(unique[:, 0], minlength=n) * samples  # (N,)
@@ -276,7 +281,7 @@ def _score_function(targets: Tensor, weighting: str) -> ScoreFunction:
 
 
 def _masked_scores(
-    model: nn.Module,
+    forward: ScoreBatch,
     images: Tensor,
     acts: Tensor,
     pairs: Tensor,
@@ -290,7 +295,7 @@ def _masked_scores(
     def score_chunk(start: int, end: int) -> Tensor:
         part = pairs[start:end]  # (B, 2)
         inputs = _masked_inputs(images, acts, part, config, generator)  # (B*S, 3, H, W)
-        logits = model(as_model_input(inputs))  # (B*S, C)
+        logits = forward(inputs)  # (B*S, C)
         img = part[:, 0].repeat_interleave(per_pair)  # (B*S,)
         return score_of(logits, img).view(len(part), per_pair, -1).mean(dim=1)  # (B, T)
 

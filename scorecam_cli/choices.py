@@ -7,3 +7,11 @@ GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
 METHODS = SCORE_METHODS + GRADIENT_METHODS
 WEIGHTINGS = ("softmax", "prob")
 PRECISIONS = ("fp32", "fp16", "bf16")
+NPY_SIZES = (
+    "original",
+    "input",
+    "layer",
+)  # the .npy map at the image's, model input's or layer's size
+NPY_DTYPES = ("float32", "float16")
+ENGINES = ("local", "ray")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # what runs the masked passes

@@ -25,3 +25,7 @@ class ImageRead(ScoreCamError):
 
 class OutputWrite(ScoreCamError):
     """An output file could not be written."""
+
+
+class BackendUnavailable(ScoreCamError):
+    """The inference backend asked for is not installed, or cannot run on this device/precision."""

@@ -65,18 +65,19 @@ def evaluate(
             continue
         images = batch.to(explainer.device)  # (N, 3, H, W)
         targets, finite = _eval_targets(explainer, images)  # (N,), (N,) bool
+        backend = (model, explainer.score_batch) if explainer.score_batch else None
+        saliencies = {}
         for config in configs:
-            saliency = cam_explainer(explainer.layer, targets, config)(model, images)  # (N, H, W)
-            finite &= torch.isfinite(saliency.flatten(1)).all(dim=1)
-        kept = finite.nonzero().flatten()  # (M,)
+            explain = cam_explainer(explainer.layer, targets, config, backend)
+            saliencies[config.method] = explain(model, images)  # (N, H, W)
+            finite &= torch.isfinite(saliencies[config.method].flatten(1)).all(dim=1)
+        kept = finite.nonzero().flatten()  # (M,): only finite logits and maps are measured
         images, targets = images[kept], targets[kept]
         for config in configs if len(kept) else []:
-            explain = cam_explainer(explainer.layer, targets, config)
-            saliency = explain(model, images)  # (M, H, W)
             measured = faithfulness_scores(
                 model,
                 images,
-                saliency,
+                saliencies[config.method][kept],  # (M, H, W)
                 targets,
                 steps=steps,
                 batch_size=config.batch_size,
@@ -85,6 +86,7 @@ def evaluate(
             scores[config.method].append(measured)
             finite[kept] &= _finite_scores(measured)
             if sanity:
+                explain = cam_explainer(explainer.layer, targets, config, backend)
                 checks[config.method].append(sanity_check(model, images, explain))
         final = finite[kept]  # (M,): images whose every score is finite too
         for batches in scores.values():

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from scorecam_cli.cam import (
     CamConfig,
+    ScoreBatch,
     as_model_input,
     auto_batch_size,
     compute_cams,
@@ -451,16 +452,24 @@ def _ranks(values: Tensor) -> Tensor:
 
 
 def cam_explainer(
-    layer: LayerRef | str, classes: Tensor | Sequence[int], config: CamConfig | None = None
+    layer: LayerRef | str,
+    classes: Tensor | Sequence[int],
+    config: CamConfig | None = None,
+    backend: tuple[nn.Module, ScoreBatch] | None = None,
 ) -> Explain:
     """An ``explain(model, images)`` giving ``compute_cams`` maps (N, H, W) for fixed classes (N,).
 
-    The maps are upsampled to the images' size; use it with :func:`sanity_check`.
+    The maps are upsampled to the images' size; use it with :func:`sanity_check`. ``backend``
+    (model, score_batch) runs the masked passes of that model only; any other model (the sanity
+    check's randomised copies) runs its own in PyTorch.
     """
 
     def explain(model: nn.Module, images: Tensor) -> Tensor:
         targets = torch.as_tensor(classes, dtype=torch.long, device=images.device)
-        result = compute_cams(model, layer, images, targets.reshape(-1, 1), config=config)
+        score = backend[1] if backend is not None and backend[0] is model else None
+        result = compute_cams(
+            model, layer, images, targets.reshape(-1, 1), config=config, score_batch=score
+        )
         size = (int(images.shape[-2]), int(images.shape[-1]))
         return upsample_maps(result.maps, size)[:, 0]  # (N, H, W)
 

@@ -1,7 +1,9 @@
 """The run manifest ``OUT/manifest.jsonl``: one JSON line per written map; one writer, one reader.
 
 Each line is the map's record (the keys of ``--format jsonl``) with its output paths relative to
-OUT, plus ``original_size`` ([H, W] of the input) and ``options`` (the run's settings). Lines are
+OUT, plus ``original_size`` ([H, W] of the input), ``input_abspath`` (the input as an absolute path,
+since ``input`` is as given, relative to the run's working directory) and ``options`` (the run's
+settings). Lines are
 appended and flushed one at a time, so a killed run leaves a valid file with at most a torn last
 line, which the reader skips and reports. A map written again (``--overwrite``) gets a new line and
 readers keep the last line of each map (maps are told apart by their ``npy`` path). Runs of a
@@ -49,6 +51,8 @@ def entry_from_record(
     for key in OUTPUT_KEYS:
         if entry.get(key) is not None:
             entry[key] = os.path.relpath(entry[key], root)
+    if entry.get("input") is not None:
+        entry["input_abspath"] = os.path.abspath(entry["input"])
     entry["original_size"] = [int(original_size[0]), int(original_size[1])]
     entry["options"] = dict(options)
     return entry
@@ -120,9 +124,21 @@ class Manifest:
         value = entry.get(key)
         return None if value is None else self.root / value
 
+    def input_of(self, entry: Mapping[str, Any]) -> Path | None:
+        """The map's input image if it is still there: by its absolute path at run time, else as
+        given (relative to the current directory); None when neither exists."""
+        for value in (entry.get("input_abspath"), entry.get("input")):
+            if isinstance(value, str) and os.path.isfile(value):
+                return Path(value)
+        return None
 
-def read_manifest(root: Path) -> Manifest:
-    """Read ``root``'s manifest and parts; torn or invalid lines are skipped and reported."""
+
+def read_manifest(root: Path, require_files: bool = False) -> Manifest:
+    """Read ``root``'s manifest and parts; torn or invalid lines are skipped and reported.
+
+    With ``require_files``, maps whose ``.npy`` (written last, after the map's line) or overlay is
+    missing are left out and reported too: what remains is exactly the finished maps on disk.
+    """
     latest: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     for path in manifest_files(root):
@@ -133,7 +149,25 @@ def read_manifest(root: Path) -> Manifest:
             key = str(entry["npy"])
             latest.pop(key, None)  # a newer line for the same map moves it to the end
             latest[key] = entry
-    return Manifest(root, list(latest.values()), problems)
+    entries = list(latest.values())
+    if require_files:
+        entries, missing = _with_files(root, entries)
+        problems.extend(missing)
+    return Manifest(root, entries, problems)
+
+
+def _with_files(
+    root: Path, entries: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    kept: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for entry in entries:
+        absent = [k for k in ("npy", "overlay") if not (root / str(entry.get(k))).is_file()]
+        if absent:
+            missing.append(f"{root / str(entry['npy'])}: listed, but its {absent[0]} is missing")
+        else:
+            kept.append(entry)
+    return kept, missing
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from scorecam_cli import render
-from scorecam_cli.cam import CamConfig, CamResult, compute_cams
+from scorecam_cli.cam import CamConfig, CamResult, ScoreBatch, compute_cams
 from scorecam_cli.errors import ScoreCamError
 from scorecam_cli.images import DEFAULT_LIMITS, InputImage, Limits, LoadedImage, load_batches
 from scorecam_cli.layers import LayerRef
 from scorecam_cli.manifest import MANIFEST_NAME, ManifestWriter, entry_from_record
 from scorecam_cli.models import LoadedModel
+from scorecam_cli.npy_maps import stored_map
 from scorecam_cli.outputs import OutputIndex
 
 log = logging.getLogger("scorecam_cli")
@@ -42,6 +43,8 @@ class RunOptions:
     images_per_batch: int = 8
     workers: int = 1
     manifest_name: str = MANIFEST_NAME  # under output_dir; every written map gets a line
+    npy_size: str = "original"  # original | input | layer: see scorecam_cli.npy_maps
+    npy_dtype: str = "float32"  # float32 | float16
     limits: Limits = DEFAULT_LIMITS  # file size, pixels per image and per batch
     fail_fast: bool = False  # stop taking new inputs after the first failure
 
@@ -113,6 +116,7 @@ class Explainer:
     classes: Sequence[int] | None = None
     top_k: int = 1
     input_size: tuple[int, int] | None = None
+    score_batch: ScoreBatch | None = None  # runs the masked passes (a backend); None: the model
 
     @property
     def size(self) -> tuple[int, int]:
@@ -137,7 +141,13 @@ class Explainer:
         """Maps of preprocessed images (N, 3, H, W) on the CPU."""
         images = batch.to(self.device, non_blocking=True)
         return compute_cams(
-            self.model.module, self.layer, images, self.classes, self.top_k, self.config
+            self.model.module,
+            self.layer,
+            images,
+            self.classes,
+            self.top_k,
+            self.config,
+            score_batch=self.score_batch,
         )
 
 
@@ -170,25 +180,25 @@ def run(
     """Explain every input and write its outputs: one event per input, in input order.
 
     A bad input becomes a Failure event, never an exception, so the run goes on with the others.
-    Every written map gets its manifest line (flushed) before its event is yielded. The run ends
-    early when ``stop.requested`` turns true, when a KeyboardInterrupt arrives while a batch is
-    explained (``stop.computing``), or after a failure with ``options.fail_fast``:
+    Every written map gets its manifest line (flushed by the writer thread just before the map's
+    ``.npy``, its last file, so a killed run leaves no finished map unlisted) before its event.
+    The run ends early when ``stop.requested`` turns true, when a KeyboardInterrupt arrives while
+    a batch is explained (``stop.computing``), or after a failure with ``options.fail_fast``:
     then no new batch starts, the maps being written are finished, and every map written is
     still yielded before it returns.
     """
     accepted = _accepted_inputs(inputs, options, explainer)
     pending: deque[tuple[list[Event], list[Future[Event]]]] = deque()
     manifest = ManifestWriter(options.output_dir / options.manifest_name)
-    settings = {**explainer.settings(), "colormap": options.colormap, "alpha": options.alpha}
+    settings = run_settings(explainer, options)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorecam-writer")
     failed = False
-
     stop = stop or StopRequest()
 
     def stopping() -> bool:
         return stop.requested or (options.fail_fast and failed)
 
-    with writer, manifest:
+    with manifest, writer:  # the writer thread finishes its lines before the manifest closes
         batches = _batches(accepted, explainer, options, stop)
         try:
             while not stopping():
@@ -196,10 +206,9 @@ def run(
                     batch = next(batches)
                 except (StopIteration, KeyboardInterrupt):
                     break
-                pending.append(_submit(batch, explainer, options, writer))
+                pending.append(_submit(batch, explainer, options, writer, (manifest, settings)))
                 while len(pending) > 1 and not stopping():  # one renders, the next computes
-                    done = _collect(pending.popleft())
-                    for event in _recorded(done, manifest, options, settings):
+                    for event in _collect(pending.popleft()):
                         failed = failed or isinstance(event, Failure)
                         yield event
         finally:
@@ -207,24 +216,40 @@ def run(
         # Stopping or done: finish what the writer started, drop what it did not, report all.
         for events, futures in pending:
             started = [f for f in futures if not (stopping() and f.cancel())]
-            yield from _recorded(_collect((events, started)), manifest, options, settings)
+            yield from _collect((events, started))
 
 
-def _recorded(
-    events: Iterator[Event],
-    manifest: ManifestWriter,
-    options: RunOptions,
-    settings: dict[str, object],
-) -> Iterator[Event]:
-    """Pass ``events`` on, after appending each written map to the manifest."""
-    for event in events:
-        if isinstance(event, Explained):
-            for record in event.records:
-                entry = entry_from_record(
-                    asdict(record), options.output_dir, event.original_size, settings
-                )
-                manifest.append(entry)
-        yield event
+def run_settings(explainer: Explainer, options: RunOptions) -> dict[str, object]:
+    """The run's settings that every manifest line carries."""
+    return {
+        **explainer.settings(),
+        "colormap": options.colormap,
+        "alpha": options.alpha,
+        "npy_size": options.npy_size,
+        "npy_dtype": options.npy_dtype,
+    }
+
+
+def explain_batch(
+    explainer: Explainer, good: list[LoadedImage], batch: torch.Tensor, options: RunOptions
+) -> list[Event]:
+    """Explain decoded images ``batch`` (N, 3, H, W) and write their maps before returning:
+    one event per image of ``good`` (the engines that run batches elsewhere call this)."""
+    result = explainer.explain(batch)
+    maps = result.maps.cpu().numpy()  # (N, T, h, w)
+    classes = result.classes.cpu().tolist()
+    probabilities = result.probabilities.cpu().tolist()
+    passes = result.image_passes.cpu().tolist()
+    saved = result.image_passes_saved.cpu().tolist()
+    finite = finite_rows(maps, np.asarray(probabilities, dtype=np.float64))  # (N,)
+    return [
+        _write_image(
+            item, maps[n], classes[n], probabilities[n], (passes[n], saved[n]), explainer, options
+        )
+        if finite[n]
+        else Failure(str(item.input.path), NOT_FINITE)
+        for n, item in enumerate(good)
+    ]
 
 
 def _accepted_inputs(
@@ -326,6 +351,7 @@ def _submit(
     explainer: Explainer,
     options: RunOptions,
     writer: ThreadPoolExecutor,
+    manifest: tuple[ManifestWriter, dict[str, object]],
 ) -> tuple[list[Event], list[Future[Event]]]:
     events, good, result = batch
     if result is None:
@@ -341,7 +367,8 @@ def _submit(
     ]
     futures = [
         writer.submit(
-            _write_image,
+            _write_and_record,
+            manifest,
             item,
             maps[n],
             classes[n],
@@ -374,7 +401,8 @@ def _collect(entry: tuple[list[Event], list[Future[Event]]]) -> Iterator[Event]:
         yield future.result()
 
 
-def _write_image(
+def _write_and_record(
+    manifest: tuple[ManifestWriter, dict[str, object]],
     item: LoadedImage,
     maps: np.ndarray,
     classes: list[int],
@@ -383,7 +411,32 @@ def _write_image(
     explainer: Explainer,
     options: RunOptions,
 ) -> Event:
-    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event."""
+    """``_write_image`` on the writer thread, each map's manifest line appended just before its
+    ``.npy`` (written last): a killed run never leaves an ``.npy`` without its line."""
+    writer, settings = manifest
+
+    def append(record: MapRecord) -> None:
+        entry = entry_from_record(asdict(record), options.output_dir, item.original_size, settings)
+        writer.append(entry)
+
+    return _write_image(item, maps, classes, probabilities, passes, explainer, options, append)
+
+
+def _write_image(
+    item: LoadedImage,
+    maps: np.ndarray,
+    classes: list[int],
+    probabilities: list[float],
+    passes: tuple[int, int],
+    explainer: Explainer,
+    options: RunOptions,
+    on_record: Callable[[MapRecord], None] = lambda record: None,
+) -> Event:
+    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event.
+
+    Per map: the overlay (and heatmap), then ``on_record`` (the manifest line), then the ``.npy``
+    last, so an existing ``.npy`` means a finished, listed map.
+    """
     source = item.input
     try:
         assert item.pixels is not None, "only decoded images are written"
@@ -395,26 +448,27 @@ def _write_image(
             paths = output_paths(stem, class_index, explainer.config.method)
             full = render.resize_map(cam, image.shape[:2])  # (H, W) raw float32
             heat = render.heatmap(render.normalise(full), options.colormap)
-            render.write_npy(paths["npy"], full.astype(np.float32))
+            stored = stored_map(cam, full, explainer.size, options.npy_size, options.npy_dtype)
             if options.save_heatmap:
                 render.write_png(paths["heatmap"], heat)
             render.write_png(paths["overlay"], render.overlay(image, heat, options.alpha))
-            records.append(
-                MapRecord(
-                    input=str(source.path),
-                    overlay=str(paths["overlay"]),
-                    npy=str(paths["npy"]),
-                    heatmap=str(paths["heatmap"]) if options.save_heatmap else None,
-                    class_index=class_index,
-                    class_name=explainer.model.class_name(class_index),
-                    probability=round(float(probability), 6),
-                    model=explainer.model.name,
-                    layer=str(explainer.layer),
-                    method=explainer.config.method,
-                    forward_passes=passes[0],
-                    forward_passes_saved=passes[1],
-                )
+            record = MapRecord(
+                input=str(source.path),
+                overlay=str(paths["overlay"]),
+                npy=str(paths["npy"]),
+                heatmap=str(paths["heatmap"]) if options.save_heatmap else None,
+                class_index=class_index,
+                class_name=explainer.model.class_name(class_index),
+                probability=round(float(probability), 6),
+                model=explainer.model.name,
+                layer=str(explainer.layer),
+                method=explainer.config.method,
+                forward_passes=passes[0],
+                forward_passes_saved=passes[1],
             )
+            on_record(record)
+            render.write_npy(paths["npy"], stored)
+            records.append(record)
         return Explained(str(source.path), records, item.original_size)
     except (ScoreCamError, OSError, ValueError) as exc:
         return Failure(str(source.path), str(exc), passes[0], passes[1])

@@ -49,6 +49,17 @@ def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)
 
 
+def upsample_layer_map(cam: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+    """A map kept at the layer's size, (h, w) any float dtype -> (H, W) float32, for the image's
+    ``original_size`` (H, W) as the manifest gives it (``--npy-size layer``).
+
+    Bilinear with half-pixel centres and edge clamping: the same as torch's
+    ``F.interpolate(mode="bilinear", align_corners=False)`` and as the maps the tool itself
+    upsamples for ``--npy-size original`` (both use :func:`resize_map`).
+    """
+    return resize_map(np.asarray(cam, dtype=np.float32), original_size)
+
+
 def normalise(cam: np.ndarray) -> np.ndarray:
     """Any-shape map -> float32 min-max scaled to [0, 1].
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -33,6 +35,13 @@ class TinyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head_act(self.conv2(self.relu(self.conv1(x))))
         return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_export_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Backends export models into a cache of this test session, never the user's ~/.cache
+    (child processes inherit it)."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 
 
 @pytest.fixture

@@ -56,3 +56,29 @@ def test_cuda_embedded_model_matches_cpu():
     gpu = compute_cams(gpu_model, "_swish:1", images.cuda())
     assert gpu.forward_passes == cpu.forward_passes
     assert correlation(gpu.maps.cpu(), cpu.maps) > 0.9999
+
+
+def test_cuda_backends_auto_is_torch_and_onnxruntime_matches_or_is_refused(resnet_case):
+    """auto keeps PyTorch on CUDA; onnxruntime runs on the CUDA provider when onnxruntime-gpu
+    is installed (maps as the CPU's), else asking for it is a one-line error."""
+    from scorecam_cli.backends import load_backend, resolve_backend
+    from scorecam_cli.errors import BackendUnavailable
+
+    cuda = torch.device("cuda")
+    assert resolve_backend("auto", cuda) == "torch"
+    model, images, cpu_maps = resnet_case
+    gpu_model = prepare_model(load_model("resnet18", "none").module, cuda)
+    gpu_model.load_state_dict(model.state_dict())
+    try:
+        backend = load_backend(
+            gpu_model, "onnxruntime", model_name="resnet18", input_size=(128, 128), device=cuda
+        )
+    except BackendUnavailable as exc:
+        assert "onnxruntime-gpu" in str(exc)
+        return
+    assert backend.name == "onnxruntime"
+    result = compute_cams(
+        gpu_model, "layer3", images.cuda(), top_k=2, score_batch=backend.score_batch
+    )
+    scale = float(cpu_maps.abs().max())
+    torch.testing.assert_close(result.maps.cpu(), cpu_maps, rtol=1e-3, atol=1e-3 * scale)

@@ -38,3 +38,18 @@ class Warns(TinyNet):
 def warns() -> Warns:
     """For the warning tests: a Python warning at every forward pass."""
     return Warns()
+
+
+class Unexportable(TinyNet):
+    """TinyNet with a branch on a data-dependent value: ``torch.export`` cannot trace it."""
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        logits = super().forward(x)
+        if x.mean() > 100:  # never true for normalised images; the maps equal TinyNet's
+            logits = logits * 2
+        return logits
+
+
+def unexportable() -> Unexportable:
+    """A TinyNet that runs in PyTorch but cannot be exported to ONNX."""
+    return Unexportable()

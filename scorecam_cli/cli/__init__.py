@@ -19,6 +19,7 @@ from scorecam_cli import __version__
 from scorecam_cli.cli.catalog import layers, models
 from scorecam_cli.cli.common import StdoutClosed, log
 from scorecam_cli.cli.evaluate import evaluate
+from scorecam_cli.cli.report import report
 from scorecam_cli.cli.run import run
 
 __all__ = ["entry_point", "main"]
@@ -34,6 +35,7 @@ def main(quiet: bool, verbose: bool) -> None:
     \b
     scorecam run sample_images/ -o heatmaps/     explain every image of a folder
     find . -name '*.jpg' | scorecam run - -o out explain a list of paths from stdin
+    scorecam report heatmaps/                    a page to browse them: heatmaps/report.html
     scorecam layers resnet50                     the layers you can explain
     """
     handler = logging.StreamHandler(sys.stderr)
@@ -43,7 +45,7 @@ def main(quiet: bool, verbose: bool) -> None:
     log.propagate = False
 
 
-for _command in (run, evaluate, models, layers):
+for _command in (run, evaluate, report, models, layers):
     main.add_command(_command)
 
 

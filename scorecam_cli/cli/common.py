@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from scorecam_cli.choices import PRECISIONS, WEIGHTINGS
+from scorecam_cli.choices import BACKENDS, PRECISIONS, SCORE_METHODS, WEIGHTINGS
 
 if TYPE_CHECKING:
     from scorecam_cli.layers import LayerRef
@@ -170,6 +170,24 @@ def cam_options(function: F) -> F:
             is_flag=True,
             help="Score every channel's masked input, even identical ones (slower, same maps).",
         ),
+        click.option(
+            "--backend",
+            type=click.Choice(BACKENDS),
+            default="auto",
+            show_default=True,
+            help="What runs the masked passes (the first pass is always PyTorch): torch; "
+            "onnxruntime or openvino on a copy exported once to ONNX and cached in "
+            "$XDG_CACHE_HOME/scorecam (pip install 'scorecam-cli[fast]'; fp32 only). auto: "
+            "openvino, else onnxruntime, else torch on the CPU; torch on CUDA and with "
+            "--precision fp16/bf16. A model that cannot be exported runs in torch (one warning).",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(1),
+            default=None,
+            help="CPU compute threads of torch and the backend. Default: OMP_NUM_THREADS, "
+            "else the cores.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -199,24 +217,44 @@ def make_explainer(
     class_names: tuple[str, ...],
     top_k: int,
     opts: dict[str, Any],
+    uses_masked_passes: bool | None = None,
+    check_precision: bool = True,
 ) -> Explainer:
-    """Everything `run` and `eval` need to explain a batch, from the command-line options."""
+    """Everything `run` and `eval` need to explain a batch, from the command-line options.
+
+    The backend is loaded when the method (or ``uses_masked_passes``) has masked passes; its
+    default batch size fills ``opts["batch_size"]`` when none was given, for eval's configs too.
+    """
+    from scorecam_cli.backends import load_backend
     from scorecam_cli.cam import prepare_model, resolve_device
     from scorecam_cli.models import parse_class
     from scorecam_cli.pipeline import Explainer
 
     if class_names and top_k != 1:
         raise click.UsageError("give either --class or --top-k, not both")
-    check_device(opts["device"], opts["precision"])
+    check_device(opts["device"], opts["precision"] if check_precision else "fp32")
     loaded, ref, size = load_explained_model(model, weights, layer, input_size)
     with user_errors():
         device = resolve_device(opts["device"])
         classes = [parse_class(text, loaded.categories) for text in class_names] or None
         loaded.module = prepare_model(loaded.module, device)
+        masked = method in SCORE_METHODS if uses_masked_passes is None else uses_masked_passes
+        backend = load_backend(
+            loaded.module,
+            opts["backend"] if masked else "torch",
+            model_name=loaded.name,
+            input_size=size,
+            device=device,
+            precision=opts["precision"],
+            threads=opts["threads"],
+        )
+        opts["batch_size"] = opts["batch_size"] or backend.batch_size
         config = make_config(method, **opts)
     check_classes(loaded.module, device, size, classes, top_k)
-    log.debug("model %s (%s) on %s", loaded.name, loaded.weights, device)
-    return Explainer(loaded, ref, device, config, classes, top_k, size)
+    log.debug(
+        "model %s (%s) on %s, masked passes: %s", loaded.name, loaded.weights, device, backend.name
+    )
+    return Explainer(loaded, ref, device, config, classes, top_k, size, backend.score_batch)
 
 
 def check_device(spec: str, precision: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from scorecam_cli.choices import METHODS
+from scorecam_cli.choices import METHODS, SCORE_METHODS
 from scorecam_cli.cli.common import (
     Fatal,
     cam_options,
@@ -21,6 +21,7 @@ from scorecam_cli.cli.common import (
     report_failure,
     user_errors,
 )
+from scorecam_cli.cli.scale import shard_option, sharded
 
 
 @click.command(name="eval")
@@ -64,6 +65,7 @@ from scorecam_cli.cli.common import (
 )
 @click.option("--image-batch", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=1, show_default=True)
+@shard_option
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -79,6 +81,7 @@ def evaluate(
     record_format: str,
     image_batch: int,
     workers: int,
+    shard: Any,
     **opts: Any,
 ) -> None:
     """Measure how faithful each method's maps are on INPUTS.
@@ -97,8 +100,9 @@ def evaluate(
     from scorecam_cli.pipeline import Failure, RunOptions
 
     chosen = methods or ("scorecam", "gradcam")
+    masked = any(method in SCORE_METHODS for method in chosen)
     explainer = make_explainer(
-        model, weights, layer, input_size, chosen[0], class_names[:1], 1, opts
+        model, weights, layer, input_size, chosen[0], class_names[:1], 1, opts, masked
     )
     configs = [make_config(method, **opts) for method in chosen]
     failed = 0
@@ -118,7 +122,7 @@ def evaluate(
             reports = evaluate_inputs(
                 explainer,
                 configs,
-                find_inputs(inputs, sys.stdin),
+                sharded(find_inputs(inputs, sys.stdin), shard),
                 steps=steps,
                 sanity=sanity,
                 options=options,

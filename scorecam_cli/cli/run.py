@@ -22,11 +22,12 @@ from scorecam_cli.cli.common import (
     UsageFailure,
     cam_options,
     emit,
-    make_explainer,
     model_options,
     progress,
     report_failure,
 )
+from scorecam_cli.cli.report import write_report
+from scorecam_cli.cli.scale import ScaleOptions, driver_explainer, events, scale_options
 
 if TYPE_CHECKING:
     from scorecam_cli.pipeline import MapRecord, StopRequest
@@ -91,6 +92,7 @@ log = logging.getLogger("scorecam_cli")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs exist (resume).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
+@click.option("--report", "make_report", is_flag=True, help="Write OUTPUT/report.html at the end.")
 @click.option(
     "--image-batch",
     type=click.IntRange(1),
@@ -101,6 +103,7 @@ log = logging.getLogger("scorecam_cli")
 @click.option(
     "--workers", type=click.IntRange(0), default=1, show_default=True, help="Decoding processes."
 )
+@scale_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -120,6 +123,7 @@ def run(
     skip_existing: bool,
     overwrite: bool,
     fail_fast: bool,
+    make_report: bool,
     image_batch: int,
     workers: int,
     max_file_mb: float,
@@ -143,7 +147,6 @@ def run(
     from scorecam_cli import render
     from scorecam_cli.images import IMAGE_SUFFIXES, Limits, find_inputs
     from scorecam_cli.pipeline import Explained, RunOptions, Skipped, StopRequest
-    from scorecam_cli.pipeline import run as run_pipeline
 
     try:
         render.colormap_id(colormap)
@@ -154,7 +157,18 @@ def run(
     if skip_existing and overwrite:
         raise click.UsageError("give either --skip-existing or --overwrite, not both")
     check_writable(output)
-    explainer = make_explainer(model, weights, layer, input_size, method, class_names, top_k, opts)
+    scale = ScaleOptions.pop(opts)
+    rebuild: dict[str, Any] = dict(
+        model=model,
+        weights=weights,
+        layer=layer,
+        input_size=input_size,
+        method=method,
+        class_names=class_names,
+        top_k=top_k,
+        opts=opts,
+    )
+    explainer = driver_explainer(**rebuild, scale=scale)
     limits = Limits(
         max_file_bytes=int(max_file_mb * 2**20),
         max_pixels=max_pixels,
@@ -171,13 +185,14 @@ def run(
         workers=workers,
         limits=limits,
         fail_fast=fail_fast,
+        **scale.run_options(),
     )
     counts = {"maps": 0, "failed": 0, "skipped": 0, "passes": 0, "saved": 0}
     stop = StopRequest()
     end = "\0" if null else "\n"
+    inputs_found = find_inputs(inputs, sys.stdin, null=null)
     with progress() as bar, _interrupts(stop):
-        events = run_pipeline(explainer, find_inputs(inputs, sys.stdin, null=null), options, stop)
-        for event in events:
+        for event in events(scale, explainer, inputs_found, options, rebuild, stop):
             bar.update(1)
             if isinstance(event, Explained):
                 for record in event.records:
@@ -206,6 +221,8 @@ def run(
             f"no input images in {' '.join(inputs)} (image files end in one of: "
             f"{', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))})"
         )
+    if make_report:
+        log.info("report: %s", write_report(output))
     ctx.exit(1 if counts["failed"] else 0)
 
 

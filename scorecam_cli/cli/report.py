@@ -1,0 +1,63 @@
+"""``scorecam report``: the static HTML page of a run folder, built from its manifest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from scorecam_cli.cli.common import emit, user_errors
+
+log = logging.getLogger("scorecam_cli")
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The HTML file to write.  [default: FOLDER/report.html]",
+)
+@click.option(
+    "--thumb-size",
+    type=click.IntRange(32, 1024),
+    default=192,
+    show_default=True,
+    help="Longer side of the thumbnails, in pixels.",
+)
+def report(folder: Path, output: Path | None, thumb_size: int) -> None:
+    """Write a static HTML page to browse the maps of a run folder.
+
+    The page (FOLDER/report.html and its folder of WebP thumbnails, report-files/) opens from
+    disk with no server and no network: one card per input with its original and its overlays,
+    methods side by side, a class filter, a method filter and sorting. Links are relative, so
+    the folder can be moved or zipped. Prints the page's path.
+    """
+    emit(str(write_report(folder, output, thumb_size)))
+
+
+def write_report(folder: Path, output: Path | None = None, thumb_size: int = 192) -> Path:
+    """Build the report, say on stderr what is missing from it, and return the page's path."""
+    from scorecam_cli.report.build import build_report
+
+    with user_errors():
+        result = build_report(folder, output, thumb_size)
+    for problem in result.problems:
+        log.warning("%s", problem)
+    if result.missing_inputs:
+        log.warning(
+            "%d inputs not found (first: %s); their cards show the overlays only",
+            len(result.missing_inputs),
+            result.missing_inputs[0],
+        )
+    log.info(
+        "report of %d maps of %d inputs: %d thumbnails written, %d reused",
+        result.maps,
+        result.cards,
+        result.thumbnails_written,
+        result.thumbnails_reused,
+    )
+    return result.html

@@ -232,7 +232,7 @@ def make_explainer(
 
     if class_names and top_k != 1:
         raise click.UsageError("give either --class or --top-k, not both")
-    check_device(opts["device"], opts["precision"] if check_precision else "fp32")
+    check_device(opts["device"])
     loaded, ref, size = load_explained_model(model, weights, layer, input_size)
     with user_errors():
         device = resolve_device(opts["device"])
@@ -250,6 +250,8 @@ def make_explainer(
         )
         opts["batch_size"] = opts["batch_size"] or backend.batch_size
         config = make_config(method, **opts)
+    if check_precision and backend.name == "torch":  # the other backends judge their own
+        check_cpu_precision(device, opts["precision"])
     check_classes(loaded.module, device, size, classes, top_k)
     log.debug(
         "model %s (%s) on %s, masked passes: %s", loaded.name, loaded.weights, device, backend.name
@@ -257,9 +259,8 @@ def make_explainer(
     return Explainer(loaded, ref, device, config, classes, top_k, size, backend.score_batch)
 
 
-def check_device(spec: str, precision: str) -> None:
-    """A usage error for a device torch cannot name or we cannot compute on, and for fp16 on the
-    CPU (emulated: several times slower than fp32); bf16 on the CPU gets a warning."""
+def check_device(spec: str) -> None:
+    """A usage error for a device torch cannot name or we cannot compute on."""
     import torch
 
     allowed = "auto, cpu, cuda, cuda:N or mps"
@@ -279,6 +280,11 @@ def check_device(spec: str, precision: str) -> None:
             raise UsageFailure(f"--device {spec}: MPS (Apple GPU) is not available here")
     elif device.type != "cpu":
         raise UsageFailure(f"--device {spec}: cannot compute maps on {device.type}; use {allowed}")
+
+
+def check_cpu_precision(device: Any, precision: str) -> None:
+    """A usage error for fp16 autocast on the CPU (emulated: several times slower than fp32);
+    bf16 on the CPU gets a warning."""
     if device.type == "cpu" and precision == "fp16":
         raise UsageFailure(
             "--precision fp16 on the CPU is emulated, about 6x slower than fp32 and less exact; "

@@ -216,7 +216,7 @@ def run(
     if stop.requested:
         log.warning("interrupted: the maps above were written; --skip-existing resumes the run")
         ctx.exit(130)
-    if not any(counts[key] for key in ("maps", "failed", "skipped")):
+    if scale.shard is None and not any(counts[k] for k in ("maps", "failed", "skipped")):
         raise Fatal(
             f"no input images in {' '.join(inputs)} (image files end in one of: "
             f"{', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))})"

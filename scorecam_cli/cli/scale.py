@@ -165,7 +165,8 @@ def events(
     stop: StopRequest | None = None,
 ) -> Iterator[Event]:
     """The chosen engine's events; ``rebuild`` holds make_explainer's arguments for the actors.
-    ``stop`` ends the local engine early (Ctrl-C), every written map still reported."""
+    ``stop`` ends the run early (Ctrl-C): the local engine after reporting every map written,
+    the Ray engine at the next input it hears of."""
     from scorecam_cli.pipeline import run as run_local
 
     if scale.engine == "local":
@@ -182,9 +183,12 @@ def events(
         env_vars=_worker_env(),
     )
     try:
-        yield from ray_engine.run(
+        for event in ray_engine.run(
             explainer, factory, sharded(inputs, scale.shard), options, ray_options
-        )
+        ):
+            yield event
+            if stop is not None and stop.requested:  # Ctrl-C: stop at the next finished input
+                return
     except (ScoreCamError, ValueError) as exc:
         raise Fatal(str(exc)) from None
 

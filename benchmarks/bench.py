@@ -52,11 +52,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from scorecam_cli.cam import (
-    RANGE_EPS,
     CamConfig,
     as_model_input,
     auto_batch_size,
     compute_cams,
+    is_constant,
     normalise_maps,
     precision_context,
     prepare_model,
@@ -462,9 +462,9 @@ def layer_activations(case: Case) -> torch.Tensor:
 
 def nonconstant_channels(case: Case) -> tuple[int, int]:
     """(K, K'): channels of the layer, and those the core does not treat as constant
-    (max - min > RANGE_EPS) on this image."""
+    (:func:`scorecam_cli.cam.is_constant`) on this image."""
     acts = layer_activations(case).flatten(2)  # (1, K, h*w)
-    varying = (acts.amax(dim=2) - acts.amin(dim=2)) > RANGE_EPS  # (1, K)
+    varying = ~is_constant(acts.amin(dim=2), acts.amax(dim=2))  # (1, K)
     return int(acts.shape[1]), int(varying.sum())
 
 

@@ -25,3 +25,12 @@ class ImageRead(ScoreCamError):
 
 class OutputWrite(ScoreCamError):
     """An output file could not be written."""
+
+
+class BadInputSize(ScoreCamError):
+    """The model cannot take the input size (its dry run failed), or the size is out of range."""
+
+
+class UnsupportedModel(ScoreCamError):
+    """The model cannot be explained as it is: its output is no (N, classes) logits tensor, or its
+    factory cannot be called safely."""

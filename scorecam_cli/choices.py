@@ -7,3 +7,4 @@ GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
 METHODS = SCORE_METHODS + GRADIENT_METHODS
 WEIGHTINGS = ("softmax", "prob")
 PRECISIONS = ("fp32", "fp16", "bf16")
+LAYOUTS = ("nchw", "nhwc", "tokens")  # of scorecam_cli.layouts

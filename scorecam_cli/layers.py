@@ -140,7 +140,7 @@ def _record_calls(model: nn.Module, input_size: tuple[int, int]) -> list[_Call]:
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BadInputSize(
             f"the model fails on a {input_size[0]}x{input_size[1]} input ({text}); "
-            "give --input-size the model's own size, or leave it out"
+            "give --input-size a size it takes, or leave it out for its native size"
         ) from None
     finally:
         for handle in handles:
@@ -292,7 +292,7 @@ def capture(model: nn.Module, ref: LayerRef, keep_graph: bool = False) -> Iterat
     wanted = -1 if ref.call is None else ref.call
     layout = ref.layout or Layout()
 
-    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+    def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
         if not isinstance(output, torch.Tensor):
             raise UnknownLayer(f"layer {ref} does not output a tensor")
         view = layout.to_nchw(output)  # (N, K, h, w)
@@ -304,6 +304,8 @@ def capture(model: nn.Module, ref: LayerRef, keep_graph: bool = False) -> Iterat
             result._recent = [*result._recent, kept][wanted:]
             result.activation = result._recent[0] if len(result._recent) == -wanted else None
         result.calls += 1
+        # Gradient methods differentiate with respect to the view: the model must go on from it.
+        return layout.from_nchw(view, output) if keep_graph and view is not output else None
 
     handle = module.register_forward_hook(hook)
     try:

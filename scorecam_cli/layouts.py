@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 NCHW, NHWC, TOKENS = "nchw", "nhwc", "tokens"
@@ -58,6 +59,16 @@ class Layout:
             patches = output[:, self.prefix :, :]  # (N, h*w, C)
             return patches.transpose(1, 2).unflatten(2, self.grid)  # (N, C, h, w)
         return output
+
+    def from_nchw(self, view: Tensor, output: Tensor) -> Tensor:
+        """``output`` rebuilt from its (N, C, h, w) ``view``: equal values, but computed from the
+        view, so that gradients with respect to the view flow (gradient methods)."""
+        if self.kind == NHWC:
+            return view.permute(0, 2, 3, 1)  # (N, h, w, C)
+        if self.kind == TOKENS:
+            patches = view.flatten(2).transpose(1, 2)  # (N, h*w, C)
+            return torch.cat([output[:, : self.prefix, :], patches], dim=1)  # (N, P + h*w, C)
+        return view
 
     def map_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """(C, h, w) of one image's output ``shape`` in this layout."""

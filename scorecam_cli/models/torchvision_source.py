@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def load_torchvision(name: str, spec: str) -> LoadedModel:
         raise UnknownModel(f"unknown model {name!r}{hint} (list them with 'scorecam models')")
     enums = torchvision.models.get_model_weights(name)
     if spec == "none" or is_path(spec):
-        module = torchvision.models.get_model(name, weights=None)
+        module = _build(name)
         prep = _preprocessing_of(enums.DEFAULT, module)
         if spec == "none":
             return LoadedModel(name, module, prep, None, "none")
@@ -53,10 +54,20 @@ def load_torchvision(name: str, spec: str) -> LoadedModel:
         raise MissingWeights(f"{name} has no weights {spec!r}; choose one of {valid}") from None
     # Built as the weights need (ViT SWAG weights fix a larger image size), then filled from the
     # cache: get_model(weights=enum) would try the network.
-    module = torchvision.models.get_model(name, weights=None, **_builder_args(name, enum))
+    module = _build(name, **_builder_args(name, enum))
     module.load_state_dict(_cached_state_dict(name, enum))
     prep = _preprocessing_of(enum, module)
     return LoadedModel(name, module, prep, _categories_of(enum), enum.name)
+
+
+def _build(name: str, **args: Any) -> nn.Module:
+    """torchvision's builder without weights, quiet about its future init defaults."""
+    import torchvision
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        module: nn.Module = torchvision.models.get_model(name, weights=None, **args)
+    return module
 
 
 def _builder_args(name: str, enum: Any) -> dict[str, Any]:

@@ -58,3 +58,30 @@ def test_missing_timm_weights_name_the_cache_and_repo(tmp_path, monkeypatch):
 def test_unknown_timm_model_is_a_usage_error():
     result = CliRunner().invoke(main, ["layers", "timm:resnet1"])
     assert result.exit_code == 2 and "timm:resnet18" in result.stderr
+
+
+def test_default_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    """A cache laid out as huggingface_hub keeps it: refs/main names the snapshot."""
+    import huggingface_hub.constants as constants
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = timm.create_model("resnet18", pretrained=False)
+    repo = source.pretrained_cfg["hf_hub_id"]  # timm/resnet18.a1_in1k
+    folder = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    save_file(source.state_dict(), str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded = load_model("timm:resnet18", "DEFAULT")
+    assert (
+        loaded.weights.startswith("DEFAULT")
+        and loaded.categories
+        and len(loaded.categories) == 1000
+    )
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(images), source.eval()(images))

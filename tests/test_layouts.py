@@ -168,3 +168,16 @@ def test_a_layer_ref_without_layout_reads_nchw():
     with torch.no_grad(), capture(model, LayerRef("stem")) as seen:
         model(images(32))
     assert seen.value().shape == (2, 8, 8, 8)
+
+
+def test_maxvit_windows_are_not_maps_and_name_the_option():
+    from torchvision.models import maxvit_t
+
+    torch.manual_seed(0)
+    model = maxvit_t().eval()
+    inner = "blocks.0.layers.0.layers.window_attention.attn_layer.0"
+    infos = {str(i.ref): i for i in trace_layers(model, (224, 224))}
+    assert infos[inner].shape[:2] == (1, 64) and infos[inner].layout is None
+    assert infos["blocks.0.layers.0.layers.window_attention"].layout == Layout()
+    with pytest.raises(UnknownLayer, match="--layout nchw\\|nhwc\\|tokens"):
+        resolve_layer(model, inner, (224, 224))

@@ -85,3 +85,8 @@ def test_default_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch)
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(images), source.eval()(images))
+
+
+def test_models_command_lists_timm_names():
+    result = CliRunner().invoke(main, ["models", "timm:convnext_at*"])
+    assert result.exit_code == 0 and "timm:convnext_atto" in result.stdout.split()

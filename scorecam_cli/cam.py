@@ -31,7 +31,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16} 
 # cores (benchmarks/results/cpu-full.json): big batches page-fault on fresh allocations, and 2-4
 # were 1.5-3x faster per image than 16-64. CUDA: not measured yet (no GPU lent); OOM halves it.
 AUTO_BATCH_SIZE = {"cpu": 4, "cuda": 128}
-RANGE_EPS = 1e-7  # a channel whose upsampled range is at most this gets the all-zero mask
+# A channel whose range (max - min) is at most RANGE_RTOL of its magnitude max(|min|, |max|) is
+# constant and gets the all-zero mask. Relative, because Score-CAM's masks are scale-invariant:
+# activations scaled by 1e-9 give the same masks, maps and passes.
+RANGE_RTOL = 1e-6
 MASK_LEVELS = 2**20  # masks equal at this resolution share a forward pass
 ScoreBatch = Callable[[Tensor], Tensor]  # masked images (B, 3, H, W) -> logits (B, C)
 
@@ -126,11 +129,19 @@ def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
 
 
+def is_constant(low: Tensor, high: Tensor) -> Tensor:
+    """Whether ranges [low, high] (any shape) are constant: at most RANGE_RTOL of the magnitude."""
+    return (high - low) <= RANGE_RTOL * torch.maximum(low.abs(), high.abs())
+
+
 def normalise_maps(maps: Tensor) -> Tensor:
-    """Each map (..., H, W) min-max scaled to [0, 1]; a range of at most RANGE_EPS gives zeros."""
+    """Each map (..., H, W) min-max scaled to [0, 1]; a constant map (:func:`is_constant`) gives
+    zeros."""
     low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    return torch.where(span > RANGE_EPS, (maps - low) / span.clamp_min(RANGE_EPS), 0.0)
+    high = maps.amax(dim=(-2, -1), keepdim=True)
+    span = high - low
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(is_constant(low, high), 0.0, (maps - low) / safe)
 
 
 def _check_config(config: CamConfig) -> None:
@@ -220,7 +231,7 @@ def _channel_scores(
     chosen = _chosen_channels(acts, config)  # (N, K)
     flat = acts.flatten(2)  # (N, K, h*w)
     low, high = flat.amin(dim=2), flat.amax(dim=2)  # (N, K)
-    varying = chosen & ((high - low) > RANGE_EPS)  # (N, K)
+    varying = chosen & ~is_constant(low, high)  # (N, K)
     noisy = config.method == "sscam"
     # Noisy masks are never identical, so sscam scores every chosen channel.
     todo = chosen if noisy else varying

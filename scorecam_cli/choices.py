@@ -15,3 +15,4 @@ NPY_SIZES = (
 NPY_DTYPES = ("float32", "float16")
 ENGINES = ("local", "ray")
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # what runs the masked passes
+LAYOUTS = ("nchw", "nhwc", "tokens")  # of scorecam_cli.layouts

@@ -29,3 +29,12 @@ class OutputWrite(ScoreCamError):
 
 class BackendUnavailable(ScoreCamError):
     """The inference backend asked for is not installed, or cannot run on this device/precision."""
+
+
+class BadInputSize(ScoreCamError):
+    """The model cannot take the input size (its dry run failed), or the size is out of range."""
+
+
+class UnsupportedModel(ScoreCamError):
+    """The model cannot be explained as it is: its output is no (N, classes) logits tensor, or its
+    factory cannot be called safely."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -10,14 +11,22 @@ from torch import nn
 
 
 def reference_scorecam(
-    model: nn.Module, layer: str, image: torch.Tensor, target: int, weighting: str = "softmax"
+    model: nn.Module,
+    layer: str,
+    image: torch.Tensor,
+    target: int,
+    weighting: str = "softmax",
+    view: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
 ) -> torch.Tensor:
-    """Score-CAM map (h, w) of one image (3, H, W) for class ``target``, straight from the paper."""
+    """Score-CAM map (h, w) of one image (3, H, W) for class ``target``, straight from the paper.
+
+    ``view`` turns the layer's output into (1, K, h, w) (a layout transform; default: as it is).
+    """
     model = copy.deepcopy(model).double().eval()
     x = image.double()[None]  # (1, 3, H, W)
     store: list[torch.Tensor] = []
     handle = dict(model.named_modules())[layer].register_forward_hook(
-        lambda _m, _i, out: store.append(out.detach().clone())
+        lambda _m, _i, out: store.append(view(out).detach().clone())
     )
     with torch.no_grad():
         model(x)
@@ -29,7 +38,8 @@ def reference_scorecam(
             channel[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False
         )[0, 0]  # (H, W)
         span = up.max() - up.min()
-        mask = (up - up.min()) / span if span > 1e-7 else torch.zeros_like(up)
+        constant = span <= 1e-6 * max(up.min().abs(), up.max().abs())  # relative, as the core
+        mask = torch.zeros_like(up) if constant else (up - up.min()) / span
         with torch.no_grad():
             logits = model(x * mask)[0]  # (C,)
         scores.append(logits[target] if weighting == "softmax" else logits.softmax(0)[target])

@@ -57,15 +57,15 @@ def test_layers_marks_the_default():
     result = CliRunner().invoke(main, ["layers", "efficientnet_lite0"])
     assert result.exit_code == 0
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert ["_swish:1", "1280x7x7", "default"] in rows
-    assert ["_swish:0", "32x112x112"] in rows
-    assert sum(len(row) == 3 for row in rows) == 1
+    assert ["_swish:1", "1280x7x7", "nchw", "default"] in rows
+    assert ["_swish:0", "32x112x112", "nchw"] in rows
+    assert sum(len(row) == 4 for row in rows) == 1
 
 
 def test_layers_of_resnet18():
     result = CliRunner().invoke(main, ["layers", "resnet18"])
     assert result.exit_code == 0
-    assert "layer4\t512x7x7\tdefault" in result.stdout.splitlines()
+    assert "layer4\t512x7x7\tnchw\tdefault" in result.stdout.splitlines()
 
 
 def test_unknown_model_is_a_one_line_usage_error():

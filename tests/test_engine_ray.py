@@ -149,7 +149,7 @@ def crashing_explainer(marker: str, device: str) -> Explainer:
         "backend": "torch",
         "threads": None,
     }
-    base = make_explainer("tinymodels:tiny", "DEFAULT", None, 64, "scorecam", (), 1, opts)
+    base = make_explainer("tinymodels:tiny", "DEFAULT", None, "64", "scorecam", (), 1, opts)
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(Explainer)}
     return CrashingExplainer(**fields, crash_marker=marker)
 

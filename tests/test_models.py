@@ -95,7 +95,7 @@ def test_parse_layer_with_and_without_call():
 
 def test_layer_that_is_no_map_is_rejected():
     model = load_model("resnet18", "none").module
-    with pytest.raises(UnknownLayer, match="not a"):
+    with pytest.raises(UnknownLayer, match="cannot read as maps"):
         layer_shape(model, LayerRef("fc"), (64, 64))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scorecam_cli.cam import RANGE_EPS, prepare_model
+from scorecam_cli.cam import is_constant, prepare_model
 from scorecam_cli.images import preprocess, read_image
 from scorecam_cli.layers import capture, default_layer, parse_layer
 from scorecam_cli.models import load_model
@@ -137,7 +137,7 @@ def layer_activations(case: Case) -> torch.Tensor:
 
 def nonconstant_channels(case: Case) -> tuple[int, int]:
     """(K, K'): channels of the layer, and those the core does not treat as constant
-    (max - min > RANGE_EPS) on this image."""
+    (not :func:`scorecam_cli.cam.is_constant`) on this image."""
     acts = layer_activations(case).flatten(2)  # (1, K, h*w)
-    varying = (acts.amax(dim=2) - acts.amin(dim=2)) > RANGE_EPS  # (1, K)
+    varying = ~is_constant(acts.amin(dim=2), acts.amax(dim=2))  # (1, K)
     return int(acts.shape[1]), int(varying.sum())

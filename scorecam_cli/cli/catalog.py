@@ -4,37 +4,50 @@ from __future__ import annotations
 
 import click
 
-from scorecam_cli.cli.common import shape_text, user_errors
+from scorecam_cli.cli.common import native_size_hint, parse_input_size, shape_text, user_errors
 
 
 @click.command()
 @click.argument("pattern", required=False)
 def models(pattern: str | None) -> None:
-    """List the model names --model takes (PATTERN: a substring or a glob)."""
+    """List the model names --model takes (PATTERN: a substring or a glob; 'timm:GLOB' lists
+    timm's models, e.g. 'timm:convnext*')."""
     from scorecam_cli.models import available_models
 
-    for name in available_models(pattern):
+    with user_errors():
+        names = available_models(pattern)
+    for name in names:
         click.echo(name)
 
 
 @click.command()
 @click.argument("model", default="efficientnet_lite0")
-@click.option("--input-size", type=click.IntRange(16), default=None, help="Dry-run input size.")
-@click.option("--all", "show_all", is_flag=True, help="Also list layers whose output is no map.")
-def layers(model: str, input_size: int | None, show_all: bool) -> None:
-    """List MODEL's layers with their output shapes (K x h x w); the default is marked.
+@click.option(
+    "--input-size",
+    default=None,
+    metavar="N|HxW",
+    help="Dry-run input size. Default: the model's native size.",
+)
+@click.option("--all", "show_all", is_flag=True, help="Also list layers the tool cannot explain.")
+def layers(model: str, input_size: str | None, show_all: bool) -> None:
+    """List MODEL's layers the tool can explain, with their map shapes; the default is marked.
 
-    Output: one line per layer, tab-separated: name, shape, and 'default' on the default.
+    Output: one line per layer, tab-separated: name, map shape (C x h x w, for every layout),
+    layout (nchw, nhwc, or tokens+P with P prefix tokens), and 'default' on the default.
+    With --all, layers it cannot explain are listed too, with their raw shape and layout '-'.
     """
-    from scorecam_cli.layers import trace_layers
+    from scorecam_cli.layers import pick_default, trace_layers
     from scorecam_cli.models import load_model
 
+    asked = parse_input_size(input_size)
     with user_errors():
         loaded = load_model(model, "none")
-        size = (input_size, input_size) if input_size else loaded.preprocessing.input_size
-        infos = trace_layers(loaded.module, size)
-    maps = [info for info in infos if info.is_map]
-    default = maps[-1].ref if maps else None
-    for info in infos if show_all else maps:
-        mark = "\tdefault" if info.ref == default else ""
-        click.echo(f"{info.ref}\t{shape_text(info.shape) or '-'}{mark}")
+        with native_size_hint(loaded):
+            infos = trace_layers(loaded.module, asked or loaded.preprocessing.input_size)
+        default = pick_default(infos, loaded.module).ref
+    for info in infos:
+        if info.is_map:
+            mark = "\tdefault" if info.ref == default else ""
+            click.echo(f"{info.ref}\t{shape_text(info.map_shape)}\t{info.layout}{mark}")
+        elif show_all:
+            click.echo(f"{info.ref}\t{'x'.join(map(str, info.shape[1:])) or '-'}\t-")

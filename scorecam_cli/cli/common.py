@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from scorecam_cli.choices import BACKENDS, PRECISIONS, SCORE_METHODS, WEIGHTINGS
+from scorecam_cli.choices import BACKENDS, LAYOUTS, PRECISIONS, SCORE_METHODS, WEIGHTINGS
 
 if TYPE_CHECKING:
     from scorecam_cli.layers import LayerRef
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from scorecam_cli.pipeline import Explainer, Failure
 
 log = logging.getLogger("scorecam_cli")
+MIN_SIDE, MAX_SIDE = 16, 4096  # --input-size: 4096 x 4096 is 200 MB per float32 image batch of 1
 F = TypeVar("F", bound=Callable[..., Any])
 
 METHOD_HELP = (
@@ -46,11 +47,17 @@ class Fatal(click.ClickException):
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the library's one-line errors into Click exits: 2 for bad names, 1 otherwise."""
-    from scorecam_cli.errors import ScoreCamError, UnknownLayer, UnknownModel
+    from scorecam_cli.errors import (
+        BadInputSize,
+        ScoreCamError,
+        UnknownLayer,
+        UnknownModel,
+        UnsupportedModel,
+    )
 
     try:
         yield
-    except (UnknownModel, UnknownLayer) as exc:
+    except (UnknownModel, UnknownLayer, BadInputSize, UnsupportedModel) as exc:
         raise UsageFailure(str(exc)) from None
     except (ScoreCamError, ValueError) as exc:
         raise Fatal(str(exc)) from None
@@ -64,8 +71,10 @@ def model_options(function: F) -> F:
             "--model",
             default="efficientnet_lite0",
             show_default=True,
-            help="A torchvision classification model, the embedded efficientnet_lite0, or "
-            "package.module:factory (a callable returning an nn.Module).",
+            help="A torchvision classification model, the embedded efficientnet_lite0, "
+            "timm:NAME (extra 'timm'), or package.module:NAME: a function or nn.Module class "
+            "defined in that module, called without arguments, that gives an nn.Module (nothing "
+            "else is ever called).",
         ),
         click.option(
             "-w",
@@ -73,20 +82,37 @@ def model_options(function: F) -> F:
             default="DEFAULT",
             show_default=True,
             help="DEFAULT, a torchvision weights name (e.g. IMAGENET1K_V2), none (random init) "
-            "or a state-dict file. Named weights are read from the torch hub cache.",
+            "or a state-dict file. Named weights are read from the torch hub cache (timm: the "
+            "Hugging Face cache).",
         ),
         click.option(
             "-l",
             "--layer",
             default=None,
             help="Target layer: a dotted module name (layer4, features.29), with :CALL for a "
-            "module that runs more than once. Default: the last layer whose output is a map.",
+            "module that runs more than once. Default: the last block output of the backbone "
+            "before global pooling (ViT: the last block's ln_1); see 'scorecam layers MODEL'.",
         ),
         click.option(
             "--input-size",
-            type=click.IntRange(16),
             default=None,
-            help="Resize images to this square size. Default: the model's own.",
+            metavar="N|HxW",
+            help=f"Resize images to N x N or H x W ({MIN_SIDE} to {MAX_SIDE} pixels a side). "
+            "Default: the model's native size.",
+        ),
+        click.option(
+            "--layout",
+            type=click.Choice(LAYOUTS),
+            default=None,
+            help="How to read --layer's output as maps: nchw (N, C, h, w), nhwc (N, h, w, C) or "
+            "tokens (N, P + h*w, C). Default: decided from the model.",
+        ),
+        click.option(
+            "--prefix-tokens",
+            type=click.IntRange(0),
+            default=None,
+            help="Tokens before the patch tokens (class, distillation, register). Default: the "
+            "model's own (torchvision ViT: 1; timm: num_prefix_tokens).",
         ),
     ]
     for option in reversed(options):
@@ -94,29 +120,60 @@ def model_options(function: F) -> F:
     return function
 
 
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    """``N`` or ``HxW`` as (H, W), each side within MIN_SIDE..MAX_SIDE; one-line usage error."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise UsageFailure(f"--input-size {text!r}: give N or HxW, e.g. 224 or 240x320")
+    sides = [int(p) for p in parts]
+    if not all(MIN_SIDE <= side <= MAX_SIDE for side in sides):
+        raise UsageFailure(
+            f"--input-size {text}: each side must be {MIN_SIDE} to {MAX_SIDE} pixels"
+        )
+    return (sides[0], sides[-1])
+
+
+@contextmanager
+def native_size_hint(loaded: LoadedModel) -> Iterator[None]:
+    """Add the model's native size to a failed dry run's one-line error (exit 2)."""
+    from scorecam_cli.errors import BadInputSize
+
+    try:
+        yield
+    except BadInputSize as exc:
+        height, width = loaded.preprocessing.input_size
+        raise UsageFailure(f"{loaded.name}: {exc} (native size: {height}x{width})") from None
+
+
 def load_explained_model(
-    model: str, weights: str, layer: str | None, input_size: int | None
+    model: str,
+    weights: str,
+    layer: str | None,
+    input_size: str | None,
+    layout: str | None = None,
+    prefix_tokens: int | None = None,
 ) -> tuple[LoadedModel, LayerRef, tuple[int, int]]:
-    """Load the model and resolve the layer (logged when it is the default)."""
-    from scorecam_cli.layers import default_layer, layer_shape, parse_layer
+    """Load the model and resolve the layer by a dry run at the input size (the model's native
+    size by default); the layer and its layout are logged."""
+    from scorecam_cli.layers import resolve_layer
     from scorecam_cli.models import load_model
 
+    asked = parse_input_size(input_size)
     with user_errors():
         loaded = load_model(model, weights)
-        size = (input_size, input_size) if input_size else loaded.preprocessing.input_size
-        if layer is None:
-            info = default_layer(loaded.module, size)
-            ref, shape = info.ref, info.shape
-            log.info("layer %s (default), %s", ref, shape_text(shape))
-        else:
-            ref = parse_layer(loaded.module, layer)
-            shape = layer_shape(loaded.module, ref, size)
-            log.debug("layer %s, %s", ref, shape_text(shape))
-    return loaded, ref, size
+        size = asked or loaded.preprocessing.input_size
+        with native_size_hint(loaded):
+            info = resolve_layer(loaded.module, layer, size, layout, prefix_tokens)
+    how = "default" if layer is None else "chosen"
+    log.info("layer %s (%s), %s, %s", info.ref, how, info.layout, shape_text(info.map_shape))
+    return loaded, info.ref, size
 
 
-def shape_text(shape: tuple[int, ...]) -> str:
-    return "x".join(str(v) for v in shape[1:])
+def shape_text(shape: tuple[int, ...] | None) -> str:
+    """A map's (C, h, w) as ``CxHxW``; empty for None."""
+    return "x".join(str(v) for v in shape) if shape else ""
 
 
 def cam_options(function: F) -> F:
@@ -212,7 +269,7 @@ def make_explainer(
     model: str,
     weights: str,
     layer: str | None,
-    input_size: int | None,
+    input_size: str | None,
     method: str,
     class_names: tuple[str, ...],
     top_k: int,
@@ -233,7 +290,9 @@ def make_explainer(
     if class_names and top_k != 1:
         raise click.UsageError("give either --class or --top-k, not both")
     check_device(opts["device"])
-    loaded, ref, size = load_explained_model(model, weights, layer, input_size)
+    loaded, ref, size = load_explained_model(
+        model, weights, layer, input_size, opts.get("layout"), opts.get("prefix_tokens")
+    )
     with user_errors():
         device = resolve_device(opts["device"])
         classes = [parse_class(text, loaded.categories) for text in class_names] or None

@@ -73,7 +73,7 @@ def evaluate(
     model: str,
     weights: str,
     layer: str | None,
-    input_size: int | None,
+    input_size: str | None,
     methods: tuple[str, ...],
     class_names: tuple[str, ...],
     steps: int,

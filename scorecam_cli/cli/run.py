@@ -112,7 +112,7 @@ def run(
     model: str,
     weights: str,
     layer: str | None,
-    input_size: int | None,
+    input_size: str | None,
     method: str,
     class_names: tuple[str, ...],
     top_k: int,

@@ -131,7 +131,7 @@ def driver_explainer(
     model: str,
     weights: str,
     layer: str | None,
-    input_size: int | None,
+    input_size: str | None,
     method: str,
     class_names: tuple[str, ...],
     top_k: int,

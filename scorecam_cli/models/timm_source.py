@@ -1,0 +1,103 @@
+"""timm models as a source: ``timm:NAME`` (the optional extra ``scorecam-cli[timm]``).
+
+timm is imported only here and only when asked for. ``--weights DEFAULT`` reads timm's pretrained
+weights from the local Hugging Face cache and never from the network; mean, std and input size
+come from the model's own data config.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from types import ModuleType
+from typing import Any
+
+from scorecam_cli.errors import MissingWeights, UnknownModel
+from scorecam_cli.models.base import (
+    LoadedModel,
+    Preprocessing,
+    imagenet_categories,
+    is_path,
+    load_state_dict_file,
+)
+
+PREFIX = "timm:"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _timm() -> ModuleType:
+    try:
+        import timm
+    except ImportError:
+        raise UnknownModel(
+            "timm models need the timm package: pip install 'scorecam-cli[timm]'"
+        ) from None
+    return timm
+
+
+def timm_names(pattern: str) -> list[str]:
+    """``timm:NAME`` for every timm model whose name matches the glob ``pattern``."""
+    glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    names: list[str] = _timm().list_models()
+    return [PREFIX + name for name in names if fnmatch.fnmatch(name, glob)]
+
+
+def load_timm(name: str, spec: str) -> LoadedModel:
+    """timm model ``name`` (without the prefix) with weights ``spec``: DEFAULT, none or a PATH."""
+    timm = _timm()
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; closest: {', '.join(PREFIX + c for c in close)}" if close else ""
+        raise UnknownModel(f"unknown timm model {name!r}{hint} (list: scorecam models 'timm:*')")
+    module = timm.create_model(name, pretrained=False)
+    label, categories = "none", None
+    if spec == "DEFAULT":
+        file = _cached_weights_file(name, module.pretrained_cfg)
+        overlay = {"file": file, "source": ""}
+        module = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+        label, categories = (
+            f"DEFAULT ({module.pretrained_cfg.get('tag') or 'timm'})",
+            _names(module),
+        )
+    elif spec != "none":
+        if not is_path(spec):
+            raise MissingWeights(
+                f"a timm model takes --weights DEFAULT, none or PATH, not {spec!r}"
+            )
+        load_state_dict_file(module, spec)
+        label, categories = spec, _names(module)
+    config = timm.data.resolve_model_data_config(module)
+    _, height, width = config["input_size"]
+    mean = tuple(float(v) for v in config["mean"])
+    std = tuple(float(v) for v in config["std"])
+    prep = Preprocessing((int(height), int(width)), mean, std)  # type: ignore[arg-type]
+    return LoadedModel(PREFIX + name, module, prep, categories, label)
+
+
+def _cached_weights_file(name: str, cfg: Any) -> str:
+    """The pretrained weights file of ``name`` in the local Hugging Face cache (no network)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo = getattr(cfg, "hf_hub_id", None) or (
+        cfg.get("hf_hub_id") if isinstance(cfg, dict) else None
+    )
+    if not repo:
+        raise MissingWeights(
+            f"timm model {name} has no pretrained weights on the Hugging Face hub; "
+            "pass --weights PATH or --weights none"
+        )
+    for filename in _WEIGHT_FILES:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    raise MissingWeights(
+        f"timm weights of {name} are not in the Hugging Face cache {constants.HF_HUB_CACHE}: "
+        f"download {_WEIGHT_FILES[0]} of repo {repo} there (huggingface-cli download {repo}), "
+        "or pass --weights PATH or --weights none"
+    )
+
+
+def _names(module: Any) -> list[str] | None:
+    """ImageNet-1k class names for a 1000-class model (timm uses torchvision's order)."""
+    return imagenet_categories() if getattr(module, "num_classes", None) == 1000 else None

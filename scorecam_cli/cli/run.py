@@ -246,16 +246,24 @@ def _interrupts(stop: StopRequest) -> Iterator[None]:
 
 
 def check_writable(output: Path) -> None:
-    """Fail before any model pass when OUT cannot be created or written to."""
+    """Fail before any model pass when OUT cannot be written to (nothing is created here): a
+    probe file in OUT when it exists, else the nearest existing folder above it must be one we
+    may write to."""
     import os
     import tempfile
 
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".scorecam-check-"):
-            pass
-        if not os.access(output, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
+        if output.is_dir():
+            with tempfile.NamedTemporaryFile(dir=output, prefix=".scorecam-check-"):
+                pass
+            return
+        ancestor = output.absolute()
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise NotADirectoryError(20, f"{ancestor} is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise PermissionError(13, f"Permission denied in {ancestor}")
     except OSError as exc:
         raise Fatal(f"cannot write to the output folder {output}: {exc.strerror or exc}") from None
 

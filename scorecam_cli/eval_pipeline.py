@@ -12,11 +12,8 @@ from scorecam_cli.evaluate import (
     Curve,
     Faithfulness,
     FaithfulnessScores,
-    SanityStep,
     cam_explainer,
     faithfulness_scores,
-    merge_sanity,
-    sanity_check,
     summarise,
 )
 from scorecam_cli.images import InputImage
@@ -29,6 +26,7 @@ from scorecam_cli.pipeline import (
     RunOptions,
     decoded_batches,
 )
+from scorecam_cli.sanity import SanityStep, merge_sanity, sanity_check
 
 
 @dataclass(frozen=True)

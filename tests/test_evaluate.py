@@ -23,13 +23,10 @@ from scorecam_cli.evaluate import (
     gaussian_blur,
     increase_in_confidence,
     insertion_curve,
-    merge_sanity,
-    randomisation_order,
     removal_fractions,
-    sanity_check,
-    spearman,
     summarise,
 )
+from scorecam_cli.sanity import merge_sanity, randomisation_order, sanity_check, spearman
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -39,7 +39,6 @@ class SanityStep:
         return float(self.correlations.mean())
 
 
-
 # -- Sanity check: cascading randomisation --------------------------------------------------------
 
 

@@ -16,17 +16,11 @@ from scorecam_cli.evaluate import (
     faithfulness_scores,
     summarise,
 )
+from scorecam_cli.explainer import Explainer
 from scorecam_cli.images import InputImage
-from scorecam_cli.pipeline import (
-    NOT_FINITE,
-    Event,
-    Explained,
-    Explainer,
-    Failure,
-    RunOptions,
-    decoded_batches,
-)
+from scorecam_cli.pipeline import decoded_batches
 from scorecam_cli.sanity import SanityStep, merge_sanity, sanity_check
+from scorecam_cli.writing import NOT_FINITE, Event, Explained, Failure, RunOptions
 
 
 @dataclass(frozen=True)

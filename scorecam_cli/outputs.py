@@ -151,3 +151,18 @@ def _resolved(path: Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):
         return path.absolute()
+
+
+def output_paths(stem: Path, class_index: int, method: str = "scorecam") -> dict[str, Path]:
+    """The overlay, heatmap and npy paths of one map: ``<stem>.c<class>[.<method>].npy`` and so on.
+
+    Exact Score-CAM, the default, keeps the short names; other methods add theirs, so runs of
+    several methods into one folder sit side by side.
+    """
+    suffix = "" if method == "scorecam" else f".{method}"
+    base = f"{stem.name}.c{class_index}{suffix}"
+    return {
+        "overlay": stem.with_name(f"{base}.overlay.png"),
+        "heatmap": stem.with_name(f"{base}.heatmap.png"),
+        "npy": stem.with_name(f"{base}.npy"),
+    }

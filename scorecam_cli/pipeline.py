@@ -9,91 +9,32 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from scorecam_cli import render
-from scorecam_cli.cam import CamConfig, CamResult, ScoreBatch, compute_cams
-from scorecam_cli.errors import ScoreCamError
-from scorecam_cli.images import DEFAULT_LIMITS, InputImage, Limits, LoadedImage, load_batches
-from scorecam_cli.layers import LayerRef
-from scorecam_cli.manifest import MANIFEST_NAME, ManifestWriter, entry_from_record
-from scorecam_cli.models import LoadedModel
-from scorecam_cli.npy_maps import stored_map
+from scorecam_cli.cam import CamResult
+from scorecam_cli.explainer import Explainer
+from scorecam_cli.images import InputImage, LoadedImage, load_batches
+from scorecam_cli.manifest import ManifestWriter
 from scorecam_cli.outputs import OutputIndex
+from scorecam_cli.writing import (
+    NOT_FINITE,
+    Event,
+    Failure,
+    RunOptions,
+    Skipped,
+    finite_rows,
+    output_stem,
+    write_and_record,
+    write_image,
+)
 
 log = logging.getLogger("scorecam_cli")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Where and how to write: outputs mirror each input's relative path under ``output_dir``."""
-
-    output_dir: Path
-    colormap: str = "jet"
-    alpha: float = 0.5
-    save_heatmap: bool = False
-    skip_existing: bool = False
-    overwrite: bool = False
-    images_per_batch: int = 8
-    workers: int = 1
-    manifest_name: str = MANIFEST_NAME  # under output_dir; every written map gets a line
-    npy_size: str = "original"  # original | input | layer: see scorecam_cli.npy_maps
-    npy_dtype: str = "float32"  # float32 | float16
-    limits: Limits = DEFAULT_LIMITS  # file size, pixels per image and per batch
-    fail_fast: bool = False  # stop taking new inputs after the first failure
-
-
-@dataclass(frozen=True)
-class MapRecord:
-    """One written map: the files and what they explain."""
-
-    input: str
-    overlay: str
-    npy: str
-    heatmap: str | None
-    class_index: int
-    class_name: str | None
-    probability: float
-    model: str
-    layer: str
-    method: str
-    forward_passes: int
-    forward_passes_saved: int
-
-
-@dataclass(frozen=True)
-class Explained:
-    """An input whose maps were all written: one record per target class."""
-
-    input: str
-    records: list[MapRecord]
-    original_size: tuple[int, int] = (0, 0)  # (H, W) of the decoded input
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An input that produced no maps, and why (one line)."""
-
-    input: str
-    reason: str
-    forward_passes: int = 0  # masked passes run for it before it failed (a write failed)
-    forward_passes_saved: int = 0
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An input whose outputs already exist (``skip_existing``)."""
-
-    input: str
-
-
-Event = Explained | Failure | Skipped
 
 
 @dataclass
@@ -103,72 +44,6 @@ class StopRequest:
 
     requested: bool = False
     computing: bool = False
-
-
-@dataclass(frozen=True)
-class Explainer:
-    """A model ready on its device, the layer to explain, and how."""
-
-    model: LoadedModel
-    layer: LayerRef
-    device: torch.device
-    config: CamConfig
-    classes: Sequence[int] | None = None
-    top_k: int = 1
-    input_size: tuple[int, int] | None = None
-    score_batch: ScoreBatch | None = None  # runs the masked passes (a backend); None: the model
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.input_size or self.model.preprocessing.input_size
-
-    @property
-    def targets_per_image(self) -> int:
-        return len(self.classes) if self.classes else self.top_k
-
-    def settings(self) -> dict[str, object]:
-        """How the maps were made, beyond what each record says (for the manifest)."""
-        return {
-            "weights": self.model.weights,
-            "input_size": list(self.size),
-            "weighting": self.config.weighting,
-            "precision": self.config.precision,
-            "classes": list(self.classes) if self.classes else None,
-            "top_k": self.top_k,
-        }
-
-    def explain(self, batch: torch.Tensor) -> CamResult:
-        """Maps of preprocessed images (N, 3, H, W) on the CPU."""
-        images = batch.to(self.device, non_blocking=True)
-        return compute_cams(
-            self.model.module,
-            self.layer,
-            images,
-            self.classes,
-            self.top_k,
-            self.config,
-            score_batch=self.score_batch,
-        )
-
-
-def output_stem(options: RunOptions, item: InputImage) -> Path:
-    """Outputs of ``item`` are ``<stem>.c<class>.overlay.png`` and so on: input name kept whole."""
-    return options.output_dir / item.relative.parent / item.relative.name
-
-
-def output_paths(stem: Path, class_index: int, method: str = "scorecam") -> dict[str, Path]:
-    """The overlay, heatmap and npy paths of one map: ``<stem>.c<class>[.<method>].npy`` and so on.
-
-    Exact Score-CAM, the default, keeps the short names; other methods add theirs, so runs of
-    several methods into one folder sit side by side.
-    """
-    suffix = "" if method == "scorecam" else f".{method}"
-    base = f"{stem.name}.c{class_index}{suffix}"
-    return {
-        "overlay": stem.with_name(f"{base}.overlay.png"),
-        "heatmap": stem.with_name(f"{base}.heatmap.png"),
-        "npy": stem.with_name(f"{base}.npy"),
-    }
 
 
 def run(
@@ -243,7 +118,7 @@ def explain_batch(
     saved = result.image_passes_saved.cpu().tolist()
     finite = finite_rows(maps, np.asarray(probabilities, dtype=np.float64))  # (N,)
     return [
-        _write_image(
+        write_image(
             item, maps[n], classes[n], probabilities[n], (passes[n], saved[n]), explainer, options
         )
         if finite[n]
@@ -367,7 +242,7 @@ def _submit(
     ]
     futures = [
         writer.submit(
-            _write_and_record,
+            write_and_record,
             manifest,
             item,
             maps[n],
@@ -383,92 +258,8 @@ def _submit(
     return events, futures
 
 
-NOT_FINITE = "the model gave NaN or infinite scores or maps for this input; nothing written"
-
-
-def finite_rows(*arrays: np.ndarray) -> np.ndarray:
-    """(N,) bool: rows whose values are all finite in every array (each (N, ...))."""
-    rows = np.ones(len(arrays[0]), dtype=bool)
-    for array in arrays:
-        rows &= np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-    return rows
-
-
 def _collect(entry: tuple[list[Event], list[Future[Event]]]) -> Iterator[Event]:
     events, futures = entry
     yield from events
     for future in futures:
         yield future.result()
-
-
-def _write_and_record(
-    manifest: tuple[ManifestWriter, dict[str, object]],
-    item: LoadedImage,
-    maps: np.ndarray,
-    classes: list[int],
-    probabilities: list[float],
-    passes: tuple[int, int],
-    explainer: Explainer,
-    options: RunOptions,
-) -> Event:
-    """``_write_image`` on the writer thread, each map's manifest line appended just before its
-    ``.npy`` (written last): a killed run never leaves an ``.npy`` without its line."""
-    writer, settings = manifest
-
-    def append(record: MapRecord) -> None:
-        entry = entry_from_record(asdict(record), options.output_dir, item.original_size, settings)
-        writer.append(entry)
-
-    return _write_image(item, maps, classes, probabilities, passes, explainer, options, append)
-
-
-def _write_image(
-    item: LoadedImage,
-    maps: np.ndarray,
-    classes: list[int],
-    probabilities: list[float],
-    passes: tuple[int, int],
-    explainer: Explainer,
-    options: RunOptions,
-    on_record: Callable[[MapRecord], None] = lambda record: None,
-) -> Event:
-    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event.
-
-    Per map: the overlay (and heatmap), then ``on_record`` (the manifest line), then the ``.npy``
-    last, so an existing ``.npy`` means a finished, listed map.
-    """
-    source = item.input
-    try:
-        assert item.pixels is not None, "only decoded images are written"
-        image = item.pixels.numpy()  # (H, W, 3) uint8 RGB
-        stem = output_stem(options, source)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        records: list[MapRecord] = []
-        for cam, class_index, probability in zip(maps, classes, probabilities, strict=True):
-            paths = output_paths(stem, class_index, explainer.config.method)
-            full = render.resize_map(cam, image.shape[:2])  # (H, W) raw float32
-            heat = render.heatmap(render.normalise(full), options.colormap)
-            stored = stored_map(cam, full, explainer.size, options.npy_size, options.npy_dtype)
-            if options.save_heatmap:
-                render.write_png(paths["heatmap"], heat)
-            render.write_png(paths["overlay"], render.overlay(image, heat, options.alpha))
-            record = MapRecord(
-                input=str(source.path),
-                overlay=str(paths["overlay"]),
-                npy=str(paths["npy"]),
-                heatmap=str(paths["heatmap"]) if options.save_heatmap else None,
-                class_index=class_index,
-                class_name=explainer.model.class_name(class_index),
-                probability=round(float(probability), 6),
-                model=explainer.model.name,
-                layer=str(explainer.layer),
-                method=explainer.config.method,
-                forward_passes=passes[0],
-                forward_passes_saved=passes[1],
-            )
-            on_record(record)
-            render.write_npy(paths["npy"], stored)
-            records.append(record)
-        return Explained(str(source.path), records, item.original_size)
-    except (ScoreCamError, OSError, ValueError) as exc:
-        return Failure(str(source.path), str(exc), passes[0], passes[1])

@@ -25,9 +25,10 @@ from test_cli import TESTS, TINY, write_image
 from scorecam_cli.cli import main
 from scorecam_cli.cli.common import make_explainer
 from scorecam_cli.engines import ray as ray_engine
+from scorecam_cli.explainer import Explainer
 from scorecam_cli.images import find_inputs
 from scorecam_cli.manifest import read_manifest
-from scorecam_cli.pipeline import Explained, Explainer, Failure, RunOptions
+from scorecam_cli.writing import Explained, Failure, RunOptions
 
 GOOD = ["a.png", "b.jpg", "sub/c.png", "sub/d.png", "sub/e.png"]
 BAD = ["junk.png", "cut.jpg"]

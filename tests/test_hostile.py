@@ -23,7 +23,8 @@ from scorecam_cli.errors import MissingWeights
 from scorecam_cli.images import InputImage, find_inputs, load_batches
 from scorecam_cli.manifest import read_manifest
 from scorecam_cli.models import load_state_dict_file
-from scorecam_cli.pipeline import RunOptions, _accepted_inputs
+from scorecam_cli.pipeline import _accepted_inputs
+from scorecam_cli.writing import RunOptions
 
 # ------------------------------------------------------------ 1-3: outputs found by what we write
 

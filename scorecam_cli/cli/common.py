@@ -15,9 +15,10 @@ import click
 from scorecam_cli.choices import BACKENDS, LAYOUTS, PRECISIONS, SCORE_METHODS, WEIGHTINGS
 
 if TYPE_CHECKING:
+    from scorecam_cli.explainer import Explainer
     from scorecam_cli.layers import LayerRef
     from scorecam_cli.models import LoadedModel
-    from scorecam_cli.pipeline import Explainer, Failure
+    from scorecam_cli.writing import Failure
 
 log = logging.getLogger("scorecam_cli")
 MIN_SIDE, MAX_SIDE = 16, 4096  # --input-size: 4096 x 4096 is 200 MB per float32 image batch of 1
@@ -284,8 +285,8 @@ def make_explainer(
     """
     from scorecam_cli.backends import load_backend
     from scorecam_cli.cam import prepare_model, resolve_device
+    from scorecam_cli.explainer import Explainer
     from scorecam_cli.models import parse_class
-    from scorecam_cli.pipeline import Explainer
 
     if class_names and top_k != 1:
         raise click.UsageError("give either --class or --top-k, not both")

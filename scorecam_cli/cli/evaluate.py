@@ -97,7 +97,7 @@ def evaluate(
     """
     from scorecam_cli.eval_pipeline import evaluate as evaluate_inputs
     from scorecam_cli.images import find_inputs
-    from scorecam_cli.pipeline import Failure, RunOptions
+    from scorecam_cli.writing import Failure, RunOptions
 
     chosen = methods or ("scorecam", "gradcam")
     masked = any(method in SCORE_METHODS for method in chosen)

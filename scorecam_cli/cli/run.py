@@ -30,7 +30,8 @@ from scorecam_cli.cli.report import write_report
 from scorecam_cli.cli.scale import ScaleOptions, driver_explainer, events, scale_options
 
 if TYPE_CHECKING:
-    from scorecam_cli.pipeline import MapRecord, StopRequest
+    from scorecam_cli.pipeline import StopRequest
+    from scorecam_cli.writing import MapRecord
 
 log = logging.getLogger("scorecam_cli")
 
@@ -146,7 +147,8 @@ def run(
     """
     from scorecam_cli import render
     from scorecam_cli.images import IMAGE_SUFFIXES, Limits, find_inputs
-    from scorecam_cli.pipeline import Explained, RunOptions, Skipped, StopRequest
+    from scorecam_cli.pipeline import StopRequest
+    from scorecam_cli.writing import Explained, RunOptions, Skipped
 
     try:
         render.colormap_id(colormap)

@@ -16,9 +16,11 @@ from scorecam_cli.choices import ENGINES, NPY_DTYPES, NPY_SIZES
 from scorecam_cli.cli.common import Fatal, make_explainer
 
 if TYPE_CHECKING:
+    from scorecam_cli.explainer import Explainer
     from scorecam_cli.images import InputImage
-    from scorecam_cli.pipeline import Event, Explainer, RunOptions, StopRequest
+    from scorecam_cli.pipeline import StopRequest
     from scorecam_cli.shards import Shard
+    from scorecam_cli.writing import Event, RunOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 

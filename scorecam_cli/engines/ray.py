@@ -32,9 +32,10 @@ import torch
 
 from scorecam_cli import pipeline
 from scorecam_cli.errors import ScoreCamError
+from scorecam_cli.explainer import Explainer
 from scorecam_cli.images import InputImage, LoadedImage, load_image
 from scorecam_cli.manifest import ManifestWriter, entry_from_record
-from scorecam_cli.pipeline import Event, Explained, Explainer, Failure, RunOptions
+from scorecam_cli.writing import Event, Explained, Failure, RunOptions
 
 # Builds the explainer inside an actor, on the device it is given ("cuda" or "cpu").
 ExplainerFactory = Callable[[str], Explainer]

@@ -1,0 +1,176 @@
+"""The write stage of a run: where and how maps are written, and the event each input ends in.
+
+Per map, the overlay (and heatmap) PNG, then the manifest line, then the ``.npy`` last, each file
+written atomically: an existing ``.npy`` means a finished, listed map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scorecam_cli import render
+from scorecam_cli.errors import ScoreCamError
+from scorecam_cli.explainer import Explainer
+from scorecam_cli.images import DEFAULT_LIMITS, InputImage, Limits, LoadedImage
+from scorecam_cli.manifest import MANIFEST_NAME, ManifestWriter, entry_from_record
+from scorecam_cli.npy_maps import stored_map
+from scorecam_cli.outputs import output_paths
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how to write: outputs mirror each input's relative path under ``output_dir``."""
+
+    output_dir: Path
+    colormap: str = "jet"
+    alpha: float = 0.5
+    save_heatmap: bool = False
+    skip_existing: bool = False
+    overwrite: bool = False
+    images_per_batch: int = 8
+    workers: int = 1
+    manifest_name: str = MANIFEST_NAME  # under output_dir; every written map gets a line
+    npy_size: str = "original"  # original | input | layer: see scorecam_cli.npy_maps
+    npy_dtype: str = "float32"  # float32 | float16
+    limits: Limits = DEFAULT_LIMITS  # file size, pixels per image and per batch
+    fail_fast: bool = False  # stop taking new inputs after the first failure
+
+
+@dataclass(frozen=True)
+class MapRecord:
+    """One written map: the files and what they explain."""
+
+    input: str
+    overlay: str
+    npy: str
+    heatmap: str | None
+    class_index: int
+    class_name: str | None
+    probability: float
+    model: str
+    layer: str
+    method: str
+    forward_passes: int
+    forward_passes_saved: int
+
+
+@dataclass(frozen=True)
+class Explained:
+    """An input whose maps were all written: one record per target class."""
+
+    input: str
+    records: list[MapRecord]
+    original_size: tuple[int, int] = (0, 0)  # (H, W) of the decoded input
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that produced no maps, and why (one line)."""
+
+    input: str
+    reason: str
+    forward_passes: int = 0  # masked passes run for it before it failed (a write failed)
+    forward_passes_saved: int = 0
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input whose outputs already exist (``skip_existing``)."""
+
+    input: str
+
+
+Event = Explained | Failure | Skipped
+
+
+def output_stem(options: RunOptions, item: InputImage) -> Path:
+    """Outputs of ``item`` are ``<stem>.c<class>.overlay.png`` and so on: input name kept whole."""
+    return options.output_dir / item.relative.parent / item.relative.name
+
+
+NOT_FINITE = "the model gave NaN or infinite scores or maps for this input; nothing written"
+
+
+def finite_rows(*arrays: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows whose values are all finite in every array (each (N, ...))."""
+    rows = np.ones(len(arrays[0]), dtype=bool)
+    for array in arrays:
+        rows &= np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return rows
+
+
+def write_and_record(
+    manifest: tuple[ManifestWriter, dict[str, object]],
+    item: LoadedImage,
+    maps: np.ndarray,
+    classes: list[int],
+    probabilities: list[float],
+    passes: tuple[int, int],
+    explainer: Explainer,
+    options: RunOptions,
+) -> Event:
+    """``write_image`` on the writer thread, each map's manifest line appended just before its
+    ``.npy`` (written last): a killed run never leaves an ``.npy`` without its line."""
+    writer, settings = manifest
+
+    def append(record: MapRecord) -> None:
+        entry = entry_from_record(asdict(record), options.output_dir, item.original_size, settings)
+        writer.append(entry)
+
+    return write_image(item, maps, classes, probabilities, passes, explainer, options, append)
+
+
+def write_image(
+    item: LoadedImage,
+    maps: np.ndarray,
+    classes: list[int],
+    probabilities: list[float],
+    passes: tuple[int, int],
+    explainer: Explainer,
+    options: RunOptions,
+    on_record: Callable[[MapRecord], None] = lambda record: None,
+) -> Event:
+    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event.
+
+    Per map: the overlay (and heatmap), then ``on_record`` (the manifest line), then the ``.npy``
+    last, so an existing ``.npy`` means a finished, listed map.
+    """
+    source = item.input
+    try:
+        assert item.pixels is not None, "only decoded images are written"
+        image = item.pixels.numpy()  # (H, W, 3) uint8 RGB
+        stem = output_stem(options, source)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        records: list[MapRecord] = []
+        for cam, class_index, probability in zip(maps, classes, probabilities, strict=True):
+            paths = output_paths(stem, class_index, explainer.config.method)
+            full = render.resize_map(cam, image.shape[:2])  # (H, W) raw float32
+            heat = render.heatmap(render.normalise(full), options.colormap)
+            stored = stored_map(cam, full, explainer.size, options.npy_size, options.npy_dtype)
+            if options.save_heatmap:
+                render.write_png(paths["heatmap"], heat)
+            render.write_png(paths["overlay"], render.overlay(image, heat, options.alpha))
+            record = MapRecord(
+                input=str(source.path),
+                overlay=str(paths["overlay"]),
+                npy=str(paths["npy"]),
+                heatmap=str(paths["heatmap"]) if options.save_heatmap else None,
+                class_index=class_index,
+                class_name=explainer.model.class_name(class_index),
+                probability=round(float(probability), 6),
+                model=explainer.model.name,
+                layer=str(explainer.layer),
+                method=explainer.config.method,
+                forward_passes=passes[0],
+                forward_passes_saved=passes[1],
+            )
+            on_record(record)
+            render.write_npy(paths["npy"], stored)
+            records.append(record)
+        return Explained(str(source.path), records, item.original_size)
+    except (ScoreCamError, OSError, ValueError) as exc:
+        return Failure(str(source.path), str(exc), passes[0], passes[1])

@@ -9,13 +9,23 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Every optional extra the tests exercise: backends (fast), Ray, timm; bench adds the peers.
 EXTRAS ?= dev,fast,ray,timm
 
-.PHONY: install install-bench test lint bench bench-full bench-report bench-vit demo clean
+.PHONY: install system-packages install-bench test lint bench bench-full bench-report bench-vit demo clean
 
-install:
+install: system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+
+# Debian's Chromium, for the report's browser tests: Playwright drives it, it downloads no browser.
+system-packages:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "make install: the browser tests need Debian's chromium: sudo apt-get install chromium" >&2; \
+	  fi; \
+	fi
 
 install-bench: install
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),bench]'

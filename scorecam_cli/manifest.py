@@ -2,12 +2,13 @@
 
 Each line is the map's record (the keys of ``--format jsonl``) with its output paths relative to
 OUT, plus ``original_size`` ([H, W] of the input), ``input_abspath`` (the input as an absolute path,
-since ``input`` is as given, relative to the run's working directory) and ``options`` (the run's
-settings). Lines are
-appended and flushed one at a time, so a killed run leaves a valid file with at most a torn last
-line, which the reader skips and reports. A map written again (``--overwrite``) gets a new line and
-readers keep the last line of each map (maps are told apart by their ``npy`` path). Runs of a
-sharded job write parts ``manifest.I-of-N.jsonl`` beside it; the reader merges every part.
+since ``input`` is as given, relative to the run's working directory), ``options`` (the run's
+settings) and ``written_at`` (seconds since the epoch). Lines are appended and flushed one at a
+time, so a killed run leaves a valid file with at most a torn last line, which the reader skips
+and reports. A map written again (``--overwrite``) gets a new line and readers keep the newest
+line of each map (by ``written_at``, then file order; maps are told apart by their ``npy`` path).
+Runs of a sharded job write parts ``manifest.I-of-N.jsonl`` beside it; the reader merges every
+part, so a shard re-run with ``--overwrite`` supersedes the plain manifest's older line too.
 
 Text is ASCII JSON (``ensure_ascii``), so file names that are not valid UTF-8 (kept by Python as
 surrogate escapes) survive the round trip: ``os.fsencode(entry["input"])`` gives the original bytes.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,7 @@ def entry_from_record(
         entry["input_abspath"] = os.path.abspath(entry["input"])
     entry["original_size"] = [int(original_size[0]), int(original_size[1])]
     entry["options"] = dict(options)
+    entry["written_at"] = time.time()  # orders lines of one map across manifest parts
     return entry
 
 
@@ -147,13 +150,22 @@ def read_manifest(root: Path, require_files: bool = False) -> Manifest:
                 problems.append(f"{path}:{number}: {problem}")
                 continue
             key = str(entry["npy"])
-            latest.pop(key, None)  # a newer line for the same map moves it to the end
-            latest[key] = entry
-    entries = list(latest.values())
+            if _written_at(entry) >= _written_at(latest.get(key)):
+                latest.pop(key, None)  # a newer line for the same map moves it to the end
+                latest[key] = entry
+    entries = sorted(latest.values(), key=_written_at)  # stable: file order among equal times
     if require_files:
         entries, missing = _with_files(root, entries)
         problems.extend(missing)
     return Manifest(root, entries, problems)
+
+
+def _written_at(entry: Mapping[str, Any] | None) -> float:
+    """When the line was written (0 for lines without a time, so file order decides them)."""
+    if entry is None:
+        return float("-inf")
+    value = entry.get("written_at")
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _with_files(

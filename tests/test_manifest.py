@@ -70,6 +70,19 @@ def test_parts_of_a_sharded_run_are_merged(tmp_path: Path) -> None:
     ]
 
 
+def test_the_newest_line_wins_across_parts(tmp_path: Path) -> None:
+    with ManifestWriter(tmp_path / part_name(0, 2)) as writer:  # read after manifest.jsonl
+        writer.append(entry("a.c1.npy", 0.1, written_at=100.0))
+    with ManifestWriter(tmp_path / MANIFEST_NAME) as writer:
+        writer.append(entry("a.c1.npy", 0.9, written_at=200.0))  # an --overwrite run, later
+        writer.append(entry("b.c1.npy", 0.5, written_at=50.0))
+    manifest = read_manifest(tmp_path)
+    assert [(e["npy"], e["probability"]) for e in manifest.entries] == [
+        ("b.c1.npy", 0.5),
+        ("a.c1.npy", 0.9),
+    ]
+
+
 def test_nan_is_refused_and_undecodable_names_round_trip(tmp_path: Path) -> None:
     name = os.fsdecode(b"caf\xe9.png")  # not UTF-8: a surrogate escape in Python
     with ManifestWriter(tmp_path / MANIFEST_NAME) as writer:

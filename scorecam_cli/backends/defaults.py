@@ -1,17 +1,20 @@
 """Default batch size and compute threads of each backend, per device type.
 
-Masked images per pass. CPU, torch: 4, measured (benchmarks/results/cpu-full.json: 2-4 were
-1.5-3x faster per image than 16-64, page faults on fresh allocations). CPU, onnxruntime and
-openvino: the issue's figures (one thread, EfficientNet-Lite0@224, ms per image at batch 1 / 8:
-ONNX Runtime 5.2 / 6.2, OpenVINO 5.2 / 5.7) say small batches win there too; 4 amortises the
-per-chunk work in Python (mask building, binding). TO CONFIRM with ``benchmarks/sweep.py``.
-CUDA: 128 is a guess until a GPU run tunes it; out-of-memory halves it (torch backend).
+Masked images per pass, measured by ``benchmarks/sweep.py`` (benchmarks/results/sweep-cpu.json:
+exact Score-CAM of coffee.png with the embedded model at 224, 2 cores, 2 threads). CPU, torch: 4
+(8.6 s against 12.4 / 11.7 / 11.2 s at 1 / 8 / 16: big batches page-fault on fresh allocations).
+CPU, onnxruntime and openvino: 16 (2.84 s and 2.75 s, against 3.38 s and 3.08 s at 4): their
+plain passes cost the same per image from batch 1 to 16, so bigger chunks amortise the per-chunk
+work in Python (mask building, binding). CUDA: 128 is a guess until a GPU run tunes it;
+out-of-memory halves it (torch backend).
 
 Threads: one compute pool per process, sized like torch's (OMP_NUM_THREADS, else the cores), set
 explicitly on the backend (intra-op threads; no inter-op pool) so that it does not add a pool of
 its own. Images are decoded meanwhile in DataLoader worker processes (``--workers``, default 1)
 that run OpenCV and torch on one thread each: decoding a photo takes milliseconds against seconds
-of masked passes, so compute keeps all cores (TO CONFIRM with ``benchmarks/sweep.py --workers``).
+of masked passes, so compute keeps all cores. Measured (the sweep, ``scorecam run sample_images/``
+with the default backend): 2 threads 20.8 s with ``--workers 0`` and 21.0 s with 1, 1 thread
+28.8 / 30.1 s: one decode process costs nothing and keeps decoding off the compute path.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ if TYPE_CHECKING:
 BATCH_SIZE = {
     ("torch", "cpu"): None,  # the core's own AUTO_BATCH_SIZE (4)
     ("torch", "cuda"): None,  # the core's own AUTO_BATCH_SIZE (128)
-    ("onnxruntime", "cpu"): 4,
+    ("onnxruntime", "cpu"): 16,
     ("onnxruntime", "cuda"): 128,
-    ("openvino", "cpu"): 4,
+    ("openvino", "cpu"): 16,
 }
 
 

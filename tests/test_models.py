@@ -105,3 +105,11 @@ def test_parse_class_by_index_and_name():
     assert parse_class("Tabby", categories) == 281
     with pytest.raises(UnknownModel, match="closest"):
         parse_class("tabbby", categories)
+
+
+def test_packaged_imagenet_names_equal_torchvisions():
+    from torchvision.models import ResNet50_Weights
+
+    from scorecam_cli.models import imagenet_categories
+
+    assert imagenet_categories() == list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])

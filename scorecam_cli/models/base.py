@@ -47,10 +47,14 @@ class LoadedModel:
 
 
 def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names in torchvision's order (no download needed)."""
-    from torchvision.models import ResNet50_Weights
+    """The 1000 ImageNet class names in torchvision's order (no download needed).
 
-    return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+    Read from ``imagenet_classes.txt`` beside this module (the names of torchvision's ImageNet
+    weights, one per line; a test keeps them equal): importing torchvision costs about 2 s of
+    start-up, which the embedded model does not need.
+    """
+    text = (Path(__file__).parent / "imagenet_classes.txt").read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 def weights_spec(weights: str | None) -> str:

@@ -44,7 +44,9 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     for name, backend in backends.items():
         default = backend.batch_size or auto_batch_size(device)
         sizes = args.ours_batch_sizes or (
-            [best[name]] if args.quick else sorted({max(1, default // 2), default, best[name]})
+            sorted({default, best[name]})
+            if args.quick
+            else sorted({max(1, default // 2), default, best[name]})
         )
         run = partial(run_ours, case, precision=args.precision, backend=backend)
         ours_tools[name] = Tool(f"ours[{name}]", lambda bs, run=run: run(batch_size=bs), sizes)

@@ -39,9 +39,9 @@ __all__ = ["BACKENDS", "Backend", "installed", "load_backend", "resolve_backend"
 
 log = logging.getLogger("scorecam_cli")
 
-# What ``auto`` takes, fastest first, per device type. CPU: the figures put OpenVINO level
-# with ONNX Runtime at batch 1 and 8 % ahead at batch 8, both 3-4x ahead of eager PyTorch
-# (TO CONFIRM with benchmarks/sweep.py). CUDA: PyTorch (channels_last, autocast, out-of-memory
+# What ``auto`` takes, fastest first, per device type. CPU: measured by benchmarks/sweep.py
+# (results/sweep-cpu.json, exact Score-CAM of coffee.png, 2 threads, best batch): OpenVINO 2.75 s,
+# ONNX Runtime 2.84 s, eager PyTorch 8.6 s. CUDA: PyTorch (channels_last, autocast, out-of-memory
 # halving) until a GPU run measures ONNX Runtime's CUDA provider against it.
 AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "torch"), "cuda": ("torch",)}
 PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx")}

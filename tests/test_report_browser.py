@@ -29,7 +29,7 @@ def test_report_of_a_real_run_filters_sorts_and_shows_methods_side_by_side(
     first = runner.invoke(main, ["run", str(SAMPLES), "-o", str(out), *FAST])
     assert first.exit_code == 0, first.output
     # gradcam maps of the same inputs and classes go beside the scorecam ones (other names)
-    gradcam = ["--method", "gradcam", "--overwrite", "--report"]
+    gradcam = ["--method", "gradcam", "--report"]  # no --overwrite: other names
     second = runner.invoke(main, ["run", str(SAMPLES), "-o", str(out), *gradcam, *FAST])
     assert second.exit_code == 0, second.output
     assert (out / "report.html").is_file()  # --report built it at the end of the run

@@ -15,7 +15,6 @@ Speed without approximation:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,19 +23,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scorecam_cli.choices import GRADIENT_METHODS, METHODS, PRECISIONS, WEIGHTINGS
+from scorecam_cli.devices import as_model_input, precision_context, single_torch_thread
 from scorecam_cli.layers import LayerRef, capture, parse_layer
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # of PRECISIONS
-# Masked images per forward pass when none is given. CPU: measured with `make bench-full` on 2
-# cores (benchmarks/results/cpu-full.json): big batches page-fault on fresh allocations, and 2-4
-# were 1.5-3x faster per image than 16-64. CUDA: not measured yet (no GPU lent); OOM halves it.
+# Masked images per eager forward pass when none is given. CPU: benchmarks/sweep.py on 2 cores
+# (results/sweep-cpu.json, the embedded model: 8.9 s at 4 against 9.6-16.2 s at 2, 8 and 16;
+# eager passes allocate fresh activations, and big ones page-fault). CUDA: not measured yet (no
+# GPU lent); out-of-memory halves it.
 AUTO_BATCH_SIZE = {"cpu": 4, "cuda": 128}
 # A channel whose range (max - min) is at most RANGE_RTOL of its magnitude max(|min|, |max|) is
 # constant and gets the all-zero mask. Relative, because Score-CAM's masks are scale-invariant:
 # activations scaled by 1e-9 give the same masks, maps and passes.
 RANGE_RTOL = 1e-6
 MASK_LEVELS = 2**20  # masks equal at this resolution share a forward pass
-ScoreBatch = Callable[[Tensor], Tensor]  # masked images (B, 3, H, W) -> logits (B, C)
+# Masked images (B, 3, H, W) -> logits (B, C); synchronous, keeping no reference to the images
+# (the core writes every chunk into one buffer).
+ScoreBatch = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -72,24 +74,6 @@ class CamResult:
         return int(self.maps.shape[-2]), int(self.maps.shape[-1])
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} asked for, but torch sees no CUDA GPU")
-    return device
-
-
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move ``model`` to ``device`` in eval mode; channels_last on CUDA."""
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def compute_cams(
     model: nn.Module,
     layer: LayerRef | str,
@@ -106,6 +90,7 @@ def compute_cams(
     maps (N, T, h, w) at the layer's resolution; upsample them with :func:`upsample_maps`.
     ``score_batch`` runs the masked passes, images (B, 3, H, W) -> logits (B, C) on the images'
     device (e.g. an exported copy of the model, :mod:`scorecam_cli.backends`); None: ``model``.
+    On the CPU torch itself runs on one thread while such a ``score_batch`` runs the passes.
     """
     config = config or CamConfig()
     _check_config(config)
@@ -118,7 +103,8 @@ def compute_cams(
         acts = seen.value().float()  # (N, K, h, w)
         targets = _targets(logits, classes, top_k)  # (N, T)
         forward = score_batch or (lambda batch: model(as_model_input(batch)))
-        scores, chosen, counts = _channel_scores(forward, images, acts, targets, config)
+        with single_torch_thread(score_batch is not None and images.device.type == "cpu"):
+            scores, chosen, counts = _channel_scores(forward, images, acts, targets, config)
         weights = _weights(scores, chosen, config.weighting)  # (N, K, T)
         maps = torch.einsum("nkt,nkhw->nthw", weights, acts).relu()  # (N, T, h, w)
     return _result(maps, targets, logits, counts)
@@ -137,11 +123,16 @@ def is_constant(low: Tensor, high: Tensor) -> Tensor:
 def normalise_maps(maps: Tensor) -> Tensor:
     """Each map (..., H, W) min-max scaled to [0, 1]; a constant map (:func:`is_constant`) gives
     zeros."""
+    return normalise_maps_(maps.float().clone())
+
+
+def normalise_maps_(maps: Tensor) -> Tensor:
+    """:func:`normalise_maps` in place on float maps (..., H, W); returns ``maps``."""
     low = maps.amin(dim=(-2, -1), keepdim=True)
     high = maps.amax(dim=(-2, -1), keepdim=True)
     span = high - low
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(is_constant(low, high), 0.0, (maps - low) / safe)
+    return maps.sub_(low).div_(safe).masked_fill_(is_constant(low, high), 0.0)
 
 
 def _check_config(config: CamConfig) -> None:
@@ -155,22 +146,6 @@ def _check_config(config: CamConfig) -> None:
         raise ValueError("batch size must be at least 1")
     if config.samples < 1 or config.top_channels < 1:
         raise ValueError("samples and top channels must be at least 1")
-
-
-def precision_context(
-    device: torch.device, precision: str
-) -> contextlib.AbstractContextManager[None]:
-    """Autocast to ``precision`` (fp32: no autocast) for forward passes on ``device``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
-
-
-def as_model_input(images: Tensor) -> Tensor:
-    """Images (N, 3, H, W) in the layout the model runs fastest in: channels_last on CUDA."""
-    if images.device.type == "cuda":
-        return images.contiguous(memory_format=torch.channels_last)
-    return images
 
 
 def _targets(logits: Tensor, classes: Tensor | Sequence[int] | None, top_k: int) -> Tensor:
@@ -302,16 +277,21 @@ def _masked_scores(
     """Scores (P, T) of the masked inputs of (image, channel) ``pairs`` (P, 2), chunk by chunk."""
     per_pair = config.samples if config.method in ("sscam", "iscam") else 1
     generator = _noise_generator(images.device, config)
+    batch = config.batch_size or auto_batch_size(images.device)
+    chunk = max(1, min(len(pairs), batch // per_pair))
+    # One buffer for every chunk's masked images: a fresh (B*S, 3, H, W) tensor per chunk costs
+    # more than the masking itself on the CPU (page faults of new allocations). ``forward`` is
+    # synchronous and keeps no reference to its input, so the next chunk may overwrite it.
+    buffer = images.new_empty((chunk * per_pair, *images.shape[1:]))
 
     def score_chunk(start: int, end: int) -> Tensor:
         part = pairs[start:end]  # (B, 2)
-        inputs = _masked_inputs(images, acts, part, config, generator)  # (B*S, 3, H, W)
+        inputs = _masked_inputs(images, acts, part, config, generator, buffer)  # (B*S, 3, H, W)
         logits = forward(inputs)  # (B*S, C)
         img = part[:, 0].repeat_interleave(per_pair)  # (B*S,)
         return score_of(logits, img).view(len(part), per_pair, -1).mean(dim=1)  # (B, T)
 
-    batch = config.batch_size or auto_batch_size(images.device)
-    return map_in_chunks(score_chunk, len(pairs), max(1, batch // per_pair), images.device)
+    return map_in_chunks(score_chunk, len(pairs), chunk, images.device)
 
 
 def auto_batch_size(device: torch.device) -> int:
@@ -360,11 +340,13 @@ def _masked_inputs(
     pairs: Tensor,
     config: CamConfig,
     generator: torch.Generator | None,
+    buffer: Tensor,
 ) -> Tensor:
-    """Masked images (B * S, 3, H, W) for pairs (B, 2); S = 1 for exact Score-CAM."""
+    """Masked images (B * S, 3, H, W) for pairs (B, 2), written into the first B * S rows of
+    ``buffer`` (at least B * S, 3, H, W); S = 1 for exact Score-CAM."""
     img, ch = pairs[:, 0], pairs[:, 1]
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    masks = normalise_maps(upsample_maps(acts[img, ch][:, None], size))  # (B, 1, H, W)
+    masks = normalise_maps_(upsample_maps(acts[img, ch][:, None], size))  # (B, 1, H, W)
     if config.method == "iscam":
         steps = torch.arange(1, config.samples + 1, device=masks.device) / config.samples
         masks = (masks[:, None] * steps.view(1, -1, 1, 1, 1)).flatten(0, 1)  # (B*S, 1, H, W)
@@ -373,7 +355,9 @@ def _masked_inputs(
         noise = torch.randn(masks.shape, device=masks.device, generator=generator)
         masks = masks + config.noise_std * noise
     repeats = masks.shape[0] // len(pairs)
-    return images[img].repeat_interleave(repeats, dim=0) * masks  # (B*S, 3, H, W)
+    out = buffer[: masks.shape[0]]
+    torch.index_select(images, 0, img.repeat_interleave(repeats), out=out)
+    return out.mul_(masks)  # (B*S, 3, H, W)
 
 
 def _weights(scores: Tensor, chosen: Tensor, weighting: str) -> Tensor:

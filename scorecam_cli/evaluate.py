@@ -45,14 +45,13 @@ from torch import Tensor, nn
 from scorecam_cli.cam import (
     CamConfig,
     ScoreBatch,
-    as_model_input,
     auto_batch_size,
     compute_cams,
     map_in_chunks,
     normalise_maps,
-    precision_context,
     upsample_maps,
 )
+from scorecam_cli.devices import as_model_input, precision_context
 from scorecam_cli.layers import LayerRef
 
 DEFAULT_STEPS = 32  # deletion / insertion steps

@@ -173,7 +173,7 @@ def test_logits_that_differ_from_torch_fall_back(monkeypatch, caplog):
 
 
 def test_auto_takes_the_fastest_installed_backend_per_device():
-    assert resolve_backend("auto", CPU) == "openvino"
+    assert resolve_backend("auto", CPU) == "onnxruntime"
     assert resolve_backend("auto", CPU, "bf16") == "torch"  # autocast is PyTorch's
     assert resolve_backend("auto", torch.device("cuda")) == "torch"  # until measured on a GPU
     assert resolve_backend("torch", CPU, "fp16") == "torch"
@@ -257,16 +257,16 @@ def test_cli_refuses_half_precision_for_an_exported_backend(tmp_path):
 def test_auto_tries_the_next_backend_when_one_cannot_load_the_export(monkeypatch, caplog):
     real = runtimes._open
 
-    def without_openvino(backend, path, device, threads):
-        if backend == "openvino":
-            raise RuntimeError("no CPU plugin")
+    def without_onnxruntime(backend, path, device, threads):
+        if backend == "onnxruntime":
+            raise RuntimeError("no CPU provider")
         return real(backend, path, device, threads)
 
-    monkeypatch.setattr(runtimes, "_open", without_openvino)
+    monkeypatch.setattr(runtimes, "_open", without_onnxruntime)
     with caplog.at_level(logging.INFO, logger="scorecam_cli"):
         loaded = load_backend(
             TinyNet().eval(), "auto", model_name="tiny", input_size=(32, 32), device=CPU
         )
-    assert loaded.name == "onnxruntime" and loaded.score_batch is not None
+    assert loaded.name == "openvino" and loaded.score_batch is not None
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("openvino failed" in r.getMessage() for r in caplog.records)
+    assert any("onnxruntime failed" in r.getMessage() for r in caplog.records)

@@ -165,3 +165,40 @@ def test_gradient_method_takes_classes_from_an_inference_run(tiny_net, tiny_imag
     first = compute_cams(tiny_net, "relu", tiny_images)
     grad = compute_cams(tiny_net, "conv2", tiny_images, first.classes, config=CamConfig("gradcam"))
     assert torch.equal(grad.classes, first.classes)
+
+
+def test_external_passes_share_one_buffer_with_torch_on_one_thread(tiny_net, tiny_images):
+    """A backend's score_batch gets every chunk in one reused buffer, with torch on one thread
+    meanwhile (its idle workers would spin against the backend); the count is restored after.
+    Without a backend, the model runs the passes on torch's own threads."""
+    calls: list[tuple[int, int]] = []  # (buffer address, torch threads) per call
+
+    def score_batch(images: torch.Tensor) -> torch.Tensor:
+        calls.append((images.data_ptr(), torch.get_num_threads()))
+        return tiny_net(images)
+
+    eager_threads: list[int] = []
+    hook = tiny_net.register_forward_pre_hook(
+        lambda *_: eager_threads.append(torch.get_num_threads())
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = CamConfig(batch_size=3)
+        external = compute_cams(
+            tiny_net, "relu", tiny_images, config=config, score_batch=score_batch
+        )
+        after = torch.get_num_threads()
+        eager_threads.clear()
+        eager = compute_cams(tiny_net, "relu", tiny_images, config=config)
+    finally:
+        torch.set_num_threads(before)
+        hook.remove()
+    torch.testing.assert_close(external.maps, eager.maps)
+    assert external.forward_passes == 3 * 7 + 1  # 7 distinct masks per image + the zero mask
+    masked = calls[1:]  # calls[0] scores the shared zero image
+    assert len(masked) == 7  # 21 masked images in chunks of 3
+    assert len({address for address, _ in masked}) == 1
+    assert {threads for _, threads in calls} == {1}
+    assert after == 2
+    assert set(eager_threads) == {2} and len(eager_threads) == 1 + 8

@@ -222,3 +222,37 @@ def test_eval_table_and_jsonl(tmp_path):
     for record in records:
         assert record["sanity"][-1]["randomised"] == record["sanity"][-1]["of"]
         assert record["sanity_spearman_fully_random"] < 0.5  # the maps change with the model
+
+
+def test_decoding_stays_in_process_only_for_one_batch_of_named_files(tmp_path):
+    from scorecam_cli.cli.common import decode_workers
+
+    files = []
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"x")
+        files.append(str(tmp_path / name))
+    assert decode_workers(None, files, image_batch=8) == 0  # nothing to overlap: no fork
+    assert decode_workers(None, files, image_batch=2) == 1  # more than one batch
+    assert decode_workers(None, [str(tmp_path)], image_batch=8) == 1  # a folder: any size
+    assert decode_workers(None, ["-"], image_batch=8) == 1  # stdin: any length
+    assert decode_workers(None, [*files[:1], str(tmp_path / "missing.png")], 8) == 1
+    assert decode_workers(3, files, image_batch=8) == 3  # --workers wins
+
+
+def test_exit_runs_atexit_handlers_and_keeps_every_record(tmp_path):
+    """The entry point ends without the interpreter's teardown, but after atexit handlers and
+    with stdout flushed: a handler registered by a factory model still writes its file."""
+    marker = tmp_path / "atexit-ran"
+    (tmp_path / "atexit_model.py").write_text(
+        "import atexit, pathlib\n"
+        "from tinymodels import tiny\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "def model():\n"
+        "    return tiny()\n"
+    )
+    image = write_image(tmp_path / "in.png")
+    args = ["--model", "atexit_model:model", "--input-size", "64", "-k", "3"]
+    done = scorecam("run", str(image), "-o", str(tmp_path / "out"), *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 3
+    assert marker.read_text() == "yes"

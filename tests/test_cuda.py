@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scorecam_cli.cam import CamConfig, compute_cams, prepare_model
+from scorecam_cli.cam import CamConfig, compute_cams
+from scorecam_cli.devices import prepare_model
 from scorecam_cli.models import load_model
 
 pytestmark = [

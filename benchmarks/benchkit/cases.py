@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from scorecam_cli.cam import is_constant, prepare_model
+from scorecam_cli.cam import is_constant
+from scorecam_cli.devices import prepare_model
 from scorecam_cli.images import preprocess, read_image
 from scorecam_cli.layers import capture, default_layer, parse_layer
 from scorecam_cli.models import load_model

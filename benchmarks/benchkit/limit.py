@@ -9,7 +9,7 @@ from benchkit.cases import Case, log
 from benchkit.ours import Forward
 from benchkit.timing import timed
 
-from scorecam_cli.cam import precision_context
+from scorecam_cli.devices import precision_context
 
 PROBE_IMAGES = 32  # images timed per probed batch size (at least two batches)
 

@@ -20,7 +20,7 @@ from benchkit.peers import peer_worker
 from benchkit.report import cpu_info, device_name, print_e2e, print_table, versions
 from benchkit.timing import GUARD
 
-from scorecam_cli.cam import resolve_device
+from scorecam_cli.devices import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:

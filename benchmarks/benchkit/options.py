@@ -10,8 +10,8 @@ from benchkit.cases import ALL_MODELS, IMAGES, QUICK_MODELS, QUICK_SIZES
 from benchkit.ours import available_backends
 from benchkit.peers import PEERS
 
-from scorecam_cli.cam import resolve_device
 from scorecam_cli.choices import PRECISIONS
+from scorecam_cli.devices import resolve_device
 
 DESCRIPTION = "Benchmark scorecam-cli's exact Score-CAM, per backend, against its peers."
 EPILOG = f"""\

@@ -10,7 +10,8 @@ import torch
 from benchkit.cases import Case, log
 
 from scorecam_cli.backends import Backend, load_backend, resolve_backend
-from scorecam_cli.cam import CamConfig, as_model_input, compute_cams
+from scorecam_cli.cam import CamConfig, compute_cams
+from scorecam_cli.devices import as_model_input
 from scorecam_cli.errors import BackendUnavailable
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> logits (B, C)

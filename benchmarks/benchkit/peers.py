@@ -45,7 +45,7 @@ def peer_worker(args: argparse.Namespace) -> int:
     """A peer as a user runs it, in a fresh process: import it, load the embedded model, read
     the image, compute the map and save it (.npy). Prints its own seconds as JSON; the parent
     times the whole process."""
-    from scorecam_cli.cam import resolve_device
+    from scorecam_cli.devices import resolve_device
 
     start = time.perf_counter()
     device = resolve_device(args.device)

@@ -40,10 +40,11 @@ __all__ = ["BACKENDS", "Backend", "installed", "load_backend", "resolve_backend"
 log = logging.getLogger("scorecam_cli")
 
 # What ``auto`` takes, fastest first, per device type. CPU: measured by benchmarks/sweep.py
-# (results/sweep-cpu.json, exact Score-CAM of coffee.png, 2 threads, best batch): OpenVINO 2.75 s,
-# ONNX Runtime 2.84 s, eager PyTorch 8.6 s. CUDA: PyTorch (channels_last, autocast, out-of-memory
-# halving) until a GPU run measures ONNX Runtime's CUDA provider against it.
-AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "torch"), "cuda": ("torch",)}
+# (results/sweep-cpu.json, exact Score-CAM of coffee.png, 2 threads, best batch): ONNX Runtime
+# 2.48 s, OpenVINO 2.65 s, eager PyTorch 8.9 s; whole `scorecam run coffee.png` processes
+# (results/cpu-quick.json): 5.36 s and 5.77 s. CUDA: PyTorch (channels_last, autocast,
+# out-of-memory halving) until a GPU run measures ONNX Runtime's CUDA provider against it.
+AUTO_ORDER = {"cpu": ("onnxruntime", "openvino", "torch"), "cuda": ("torch",)}
 PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx")}
 INSTALL_HINT = "pip install 'scorecam-cli[fast]'"
 

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from scorecam_cli.backends.cache import cached_onnx
-from scorecam_cli.cam import ScoreBatch, as_model_input
+from scorecam_cli.cam import ScoreBatch
+from scorecam_cli.devices import as_model_input
 
 log = logging.getLogger("scorecam_cli")
 CHECK_BATCH = 3  # images in the logit check; not the export's example batch (2), so the

@@ -13,6 +13,7 @@ from scorecam_cli.choices import METHODS, SCORE_METHODS
 from scorecam_cli.cli.common import (
     Fatal,
     cam_options,
+    decode_workers,
     emit,
     make_config,
     make_explainer,
@@ -20,6 +21,7 @@ from scorecam_cli.cli.common import (
     progress,
     report_failure,
     user_errors,
+    workers_option,
 )
 from scorecam_cli.cli.scale import shard_option, sharded
 
@@ -64,7 +66,7 @@ from scorecam_cli.cli.scale import shard_option, sharded
     help="A table, or one JSON object / CSV row per method.",
 )
 @click.option("--image-batch", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--workers", type=click.IntRange(0), default=1, show_default=True)
+@workers_option
 @shard_option
 @click.pass_context
 def evaluate(
@@ -80,7 +82,7 @@ def evaluate(
     sanity: bool,
     record_format: str,
     image_batch: int,
-    workers: int,
+    workers: int | None,
     shard: Any,
     **opts: Any,
 ) -> None:
@@ -117,7 +119,11 @@ def evaluate(
                 bar.clear()
                 report_failure(event)
 
-        options = RunOptions(output_dir=Path("."), images_per_batch=image_batch, workers=workers)
+        options = RunOptions(
+            output_dir=Path("."),
+            images_per_batch=image_batch,
+            workers=decode_workers(workers, inputs, image_batch),
+        )
         with user_errors():
             reports = evaluate_inputs(
                 explainer,

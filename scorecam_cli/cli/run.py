@@ -21,10 +21,12 @@ from scorecam_cli.cli.common import (
     Fatal,
     UsageFailure,
     cam_options,
+    decode_workers,
     emit,
     model_options,
     progress,
     report_failure,
+    workers_option,
 )
 from scorecam_cli.cli.report import write_report
 from scorecam_cli.cli.scale import ScaleOptions, driver_explainer, events, scale_options
@@ -101,9 +103,7 @@ log = logging.getLogger("scorecam_cli")
     show_default=True,
     help="Images explained together.",
 )
-@click.option(
-    "--workers", type=click.IntRange(0), default=1, show_default=True, help="Decoding processes."
-)
+@workers_option
 @scale_options
 @click.pass_context
 def run(
@@ -126,7 +126,7 @@ def run(
     fail_fast: bool,
     make_report: bool,
     image_batch: int,
-    workers: int,
+    workers: int | None,
     max_file_mb: float,
     max_pixels: int,
     null: bool,
@@ -184,7 +184,7 @@ def run(
         skip_existing=skip_existing,
         overwrite=overwrite,
         images_per_batch=image_batch,
-        workers=workers,
+        workers=decode_workers(workers, inputs, image_batch),
         limits=limits,
         fail_fast=fail_fast,
         **scale.run_options(),

@@ -50,6 +50,7 @@ def evaluate(
     scores: dict[str, list[FaithfulnessScores]] = {c.method: [] for c in configs}
     checks: dict[str, list[list[SanityStep]]] = {c.method: [] for c in configs}
     model = explainer.model.module
+    backend = (model, explainer.score_batch) if explainer.score_batch else None
     for failures, good, batch in decoded_batches(explainer, inputs, options):
         for failure in failures:
             on_event(failure)
@@ -57,7 +58,6 @@ def evaluate(
             continue
         images = batch.to(explainer.device)  # (N, 3, H, W)
         targets, finite = _eval_targets(explainer, images)  # (N,), (N,) bool
-        backend = (model, explainer.score_batch) if explainer.score_batch else None
         saliencies = {}
         for config in configs:
             explain = cam_explainer(explainer.layer, targets, config, backend)
@@ -81,14 +81,13 @@ def evaluate(
                 explain = cam_explainer(explainer.layer, targets, config, backend)
                 checks[config.method].append(sanity_check(model, images, explain))
         final = finite[kept]  # (M,): images whose every score is finite too
-        for batches in scores.values():
-            if batches and len(kept) and not bool(final.all()):
-                batches[-1] = _subset(batches[-1], final)
-        for n, item in enumerate(good):
-            if bool(finite[n]):
-                on_event(Explained(str(item.input.path), []))
-            else:
-                on_event(Failure(str(item.input.path), NOT_FINITE))
+        if len(kept) and not bool(final.all()):
+            for batches in scores.values():
+                if batches:
+                    batches[-1] = _subset(batches[-1], final)
+        for item, ok in zip(good, finite.tolist(), strict=True):
+            path = str(item.input.path)
+            on_event(Explained(path, []) if ok else Failure(path, NOT_FINITE))
     if not any(part.images for parts in scores.values() for part in parts):
         return []
     return [

@@ -29,10 +29,6 @@ class Explainer:
     def size(self) -> tuple[int, int]:
         return self.input_size or self.model.preprocessing.input_size
 
-    @property
-    def targets_per_image(self) -> int:
-        return len(self.classes) if self.classes else self.top_k
-
     def settings(self) -> dict[str, object]:
         """How the maps were made, beyond what each record says (for the manifest)."""
         return {

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from scorecam_cli.errors import BadInputSize, ScoreCamError, UnknownLayer
+from scorecam_cli.errors import BadInputSize, ScoreCamError, UnknownLayer, first_line
 from scorecam_cli.layouts import TOKENS, Layout, LayoutTracker, forced_layout, token_hints
 
 _POOLS = (
@@ -54,10 +54,14 @@ class LayerInfo:
 
     ref: LayerRef
     shape: tuple[int, ...]
-    layout: Layout | None = None
     role: str = ""
     start: int = 0  # dry-run clock when the call started (for the ViT rule)
     end: int = 0  # dry-run clock when it finished
+
+    @property
+    def layout(self) -> Layout | None:
+        """How the output is read: the ref's layout."""
+        return self.ref.layout
 
     @property
     def map_shape(self) -> tuple[int, int, int] | None:
@@ -137,9 +141,8 @@ def _record_calls(model: nn.Module, input_size: tuple[int, int]) -> list[_Call]:
     except ScoreCamError:
         raise
     except Exception as exc:
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BadInputSize(
-            f"the model fails on a {input_size[0]}x{input_size[1]} input ({text}); "
+            f"the model fails on a {input_size[0]}x{input_size[1]} input ({first_line(exc)}); "
             "give --input-size a size it takes, or leave it out for its native size"
         ) from None
     finally:
@@ -163,20 +166,17 @@ def trace_layers(
     for call in calls:
         totals[call.name] = totals.get(call.name, 0) + 1
     counts: dict[str, int] = {}
-    roles: list[str] = []
-    infos = []
+    infos: list[LayerInfo] = []
     for call in calls:
         index = counts.get(call.name, 0)
         counts[call.name] = index + 1
         layout = tracker.classify(call.module, call.shape)
-        role = _role(call, roles)
-        roles.append(role)
         ref = LayerRef(call.name, index if totals[call.name] > 1 else None, layout)
-        infos.append(LayerInfo(ref, call.shape, layout, role, call.start, call.end))
+        infos.append(LayerInfo(ref, call.shape, _role(call, infos), call.start, call.end))
     return infos
 
 
-def _role(call: _Call, earlier: list[str]) -> str:
+def _role(call: _Call, earlier: list[LayerInfo]) -> str:
     """Why a call cannot be the default layer ("" when it can)."""
     if call.name.split(".")[0] in HEAD_NAMES:
         return "head"
@@ -184,8 +184,8 @@ def _role(call: _Call, earlier: list[str]) -> str:
         return "pooling"
     if isinstance(call.module, _NO_OPS) or type(call.module).__name__ == "Permute":
         return "no-op"
-    if call.alias_of is not None and earlier[call.alias_of]:
-        return earlier[call.alias_of]  # a container returning a pooling layer's output
+    if call.alias_of is not None and earlier[call.alias_of].role:
+        return earlier[call.alias_of].role  # a container returning a pooling layer's output
     return ""
 
 
@@ -202,7 +202,7 @@ def pick_default(infos: list[LayerInfo], model: nn.Module) -> LayerInfo:
     the last token output that finishes before the last attention call starts, i.e. the last
     block's first norm (``ln_1``), the tokens the class token attends to.
     """
-    candidates = [info for info in infos if info.is_map and not info.role and info.ref.name]
+    candidates = [info for info in infos if info.is_map and not info.role]
     if not candidates:
         raise UnknownLayer("the model has no layer whose output the tool can read as maps")
     tokens = [info for info in candidates if info.layout and info.layout.kind == TOKENS]
@@ -241,7 +241,7 @@ def resolve_layer(
         forced = forced_layout(layout, info.shape, input_size, token_hints(model, prefix_tokens))
         if forced is None:
             raise UnknownLayer(f"layer {ref} outputs shape {info.shape}, which is no {layout} map")
-        info = replace(info, layout=forced, ref=replace(info.ref, layout=forced))
+        info = replace(info, ref=replace(info.ref, layout=forced))
     if not info.is_map:
         raise UnknownLayer(
             f"layer {ref} outputs shape {info.shape}, which the tool cannot read as maps "
@@ -253,7 +253,7 @@ def resolve_layer(
 
 def default_layer(model: nn.Module, input_size: tuple[int, int]) -> LayerInfo:
     """The default layer by rule (:func:`pick_default`) after a dry run at ``input_size``."""
-    return pick_default(trace_layers(model, input_size), model)
+    return resolve_layer(model, None, input_size)
 
 
 def layer_shape(model: nn.Module, ref: LayerRef, input_size: tuple[int, int]) -> tuple[int, ...]:

@@ -125,7 +125,7 @@ class Manifest:
     def path_of(self, entry: Mapping[str, Any], key: str) -> Path | None:
         """The absolute-or-cwd path of output ``key`` (overlay, npy, heatmap) of ``entry``."""
         value = entry.get(key)
-        return None if value is None else self.root / value
+        return None if value is None else self.root / str(value)
 
     def input_of(self, entry: Mapping[str, Any]) -> Path | None:
         """The map's input image if it is still there: by its absolute path at run time, else as

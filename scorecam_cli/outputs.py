@@ -15,7 +15,6 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from scorecam_cli.choices import METHODS
@@ -27,7 +26,7 @@ OUTPUT_NAME = re.compile(
     r"\.(?P<kind>overlay\.png|heatmap\.png|npy)$",
     re.DOTALL,
 )
-# render._write_atomic's temp files: ``.<name>.<pid>.<8 hex>.tmp``
+# render.write_atomic's temp files: ``.<name>.<pid>.<8 hex>.tmp``
 _TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$", re.DOTALL)
 _KINDS = {"overlay.png": "overlay", "heatmap.png": "heatmap", "npy": "npy"}
 
@@ -41,34 +40,34 @@ def parse_output_name(name: str) -> tuple[str, int, str, str] | None:
     return match["base"], int(match["cls"]), method, _KINDS[match["kind"]]
 
 
-@dataclass
-class _Folder:
-    """One output folder's files of ours: (base, method) -> class -> the kinds present."""
-
-    maps: dict[tuple[str, str], dict[int, set[str]]] = field(default_factory=dict)
+# One output folder's files of ours: (base, method) -> class -> the kinds present.
+_Folder = dict[tuple[str, str], dict[int, set[str]]]
 
 
 class OutputIndex:
-    """What OUT already holds, read once: each folder scanned on first use, the manifest once."""
+    """What OUT already holds, read once: each folder scanned on first use, the manifest on
+    first use (only top-k maps need it), before this run writes anything."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._root_resolved = _resolved(root)
         self._folders: dict[Path, _Folder] = {}
-        self._top_k: dict[tuple[str, str], set[int]] = defaultdict(set)
-        if root.is_dir():
-            for entry in read_manifest(root).entries:
-                self._note_entry(entry)
+        self._top_k: dict[tuple[str, str], set[int]] | None = None
 
-    def _note_entry(self, entry: dict[str, object]) -> None:
-        options = entry.get("options")
-        if not isinstance(options, dict) or options.get("classes") is not None:
-            return  # maps of named classes are judged by their files alone
-        npy = Path(str(entry["npy"]))
-        parsed = parse_output_name(npy.name)
-        if parsed is not None:
-            base, cls, method, _ = parsed
-            self._top_k[(str(npy.parent / base), method)].add(cls)
+    def _listed_top_k(self) -> dict[tuple[str, str], set[int]]:
+        """(stem relative to OUT, method) -> classes of top-k maps the manifest lists."""
+        if self._top_k is None:
+            self._top_k = defaultdict(set)
+            for entry in read_manifest(self.root).entries if self.root.is_dir() else []:
+                options = entry.get("options")
+                if not isinstance(options, dict) or options.get("classes") is not None:
+                    continue  # maps of named classes are judged by their files alone
+                npy = Path(str(entry["npy"]))
+                parsed = parse_output_name(npy.name)
+                if parsed is not None:
+                    base, cls, method, _ = parsed
+                    self._top_k[(str(npy.parent / base), method)].add(cls)
+        return self._top_k
 
     def is_ours(self, path: Path) -> bool:
         """True for an overlay or heatmap PNG of ours under OUT (found again by a folder walk)."""
@@ -80,7 +79,7 @@ class OutputIndex:
     def _folder(self, folder: Path) -> _Folder:
         found = self._folders.get(folder)
         if found is None:
-            found = _Folder()
+            found = {}
             try:
                 with os.scandir(folder) as scan:
                     names = [entry.name for entry in scan]
@@ -91,13 +90,13 @@ class OutputIndex:
                 parsed = parse_output_name(name)
                 if parsed is not None:
                     base, cls, method, kind = parsed
-                    found.maps.setdefault((base, method), {}).setdefault(cls, set()).add(kind)
+                    found.setdefault((base, method), {}).setdefault(cls, set()).add(kind)
             self._folders[folder] = found
         return found
 
     def existing(self, stem: Path, method: str) -> dict[int, set[str]]:
         """Class -> the kinds of output present for ``stem``'s maps by ``method``."""
-        return self._folder(stem.parent).maps.get((stem.name, method), {})
+        return self._folder(stem.parent).get((stem.name, method), {})
 
     def done(
         self,
@@ -113,7 +112,8 @@ class OutputIndex:
         if classes:
             return all(needed <= present.get(c, set()) for c in classes)
         key = (os.path.relpath(stem, self.root), method)
-        complete = [c for c in self._top_k.get(key, set()) if needed <= present.get(c, set())]
+        listed = self._listed_top_k().get(key, set())
+        complete = [c for c in listed if needed <= present.get(c, set())]
         return len(complete) >= top_k
 
     def conflict(
@@ -126,9 +126,7 @@ class OutputIndex:
             kinds = present.get(cls, set())
             for kind in ("npy", "overlay", "heatmap"):
                 if kind in kinds and (heatmap or kind != "heatmap" or not classes):
-                    suffix = "" if method == "scorecam" else f".{method}"
-                    ending = "npy" if kind == "npy" else f"{kind}.png"
-                    return stem.with_name(f"{stem.name}.c{cls}{suffix}.{ending}")
+                    return output_paths(stem, cls, method)[kind]
         return None
 
 

@@ -30,7 +30,6 @@ from scorecam_cli.writing import (
     Skipped,
     finite_rows,
     output_stem,
-    write_and_record,
     write_image,
 )
 
@@ -110,7 +109,21 @@ def explain_batch(
 ) -> list[Event]:
     """Explain decoded images ``batch`` (N, 3, H, W) and write their maps before returning:
     one event per image of ``good`` (the engines that run batches elsewhere call this)."""
-    result = explainer.explain(batch)
+    return [
+        write_image(*args, explainer, options)
+        if args is not None
+        else Failure(str(item.input.path), NOT_FINITE)
+        for item, args in zip(good, _per_image(explainer.explain(batch), good), strict=True)
+    ]
+
+
+MapArgs = tuple[LoadedImage, np.ndarray, list[int], list[float], tuple[int, int]]
+
+
+def _per_image(result: CamResult, good: list[LoadedImage]) -> list[MapArgs | None]:
+    """Per image of ``good``: what ``write_image`` needs (its item, maps (T, h, w), classes,
+    probabilities and pass counts), or None when its scores or maps are not finite. One
+    device-to-host transfer per batch."""
     maps = result.maps.cpu().numpy()  # (N, T, h, w)
     classes = result.classes.cpu().tolist()
     probabilities = result.probabilities.cpu().tolist()
@@ -118,11 +131,7 @@ def explain_batch(
     saved = result.image_passes_saved.cpu().tolist()
     finite = finite_rows(maps, np.asarray(probabilities, dtype=np.float64))  # (N,)
     return [
-        write_image(
-            item, maps[n], classes[n], probabilities[n], (passes[n], saved[n]), explainer, options
-        )
-        if finite[n]
-        else Failure(str(item.input.path), NOT_FINITE)
+        (item, maps[n], classes[n], probabilities[n], (passes[n], saved[n])) if finite[n] else None
         for n, item in enumerate(good)
     ]
 
@@ -231,29 +240,16 @@ def _submit(
     events, good, result = batch
     if result is None:
         return events, []
-    maps = result.maps.cpu().numpy()  # (N, T, h, w): one transfer per batch
-    classes = result.classes.cpu().tolist()
-    probabilities = result.probabilities.cpu().tolist()
-    passes = result.image_passes.cpu().tolist()
-    saved = result.image_passes_saved.cpu().tolist()
-    finite = finite_rows(maps, np.asarray(probabilities, dtype=np.float64))  # (N,)
+    per_image = _per_image(result, good)
     events = events + [
-        Failure(str(item.input.path), NOT_FINITE) for n, item in enumerate(good) if not finite[n]
+        Failure(str(item.input.path), NOT_FINITE)
+        for item, args in zip(good, per_image, strict=True)
+        if args is None
     ]
     futures = [
-        writer.submit(
-            write_and_record,
-            manifest,
-            item,
-            maps[n],
-            classes[n],
-            probabilities[n],
-            (passes[n], saved[n]),
-            explainer,
-            options,
-        )
-        for n, item in enumerate(good)
-        if finite[n]
+        writer.submit(write_image, *args, explainer, options, manifest)
+        for args in per_image
+        if args is not None
     ]
     return events, futures
 

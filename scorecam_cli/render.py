@@ -105,21 +105,22 @@ def write_png(path: Path, image_bgr: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", image_bgr)
     if not ok:
         raise OutputWrite(f"{path}: OpenCV could not encode the image as PNG")
-    _write_atomic(path, encoded.tobytes())
+    write_atomic(path, encoded.tobytes())
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:
     """Write any array as a .npy file (no pickles), atomically."""
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    _write_atomic(path, buffer.getbuffer())
+    write_atomic(path, buffer.getbuffer())
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
+def write_atomic(path: Path, data: bytes | memoryview, mtime_ns: int | None = None) -> None:
     """Write ``data`` to a hidden temp file beside ``path``, then rename it onto ``path``.
 
-    Parent folders are created. On any failure (KeyboardInterrupt included) the temp file is
-    removed and ``path`` is left as it was; OSError becomes OutputWrite.
+    Parent folders are created; ``mtime_ns``, when given, becomes the file's access and
+    modification time (ns since the epoch). On any failure (KeyboardInterrupt included) the temp
+    file is removed and ``path`` is left as it was; OSError becomes OutputWrite.
     """
     temp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
@@ -127,6 +128,8 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
         try:
             with open(temp, "xb") as file:
                 file.write(data)
+            if mtime_ns is not None:
+                os.utime(temp, ns=(mtime_ns, mtime_ns))
             os.replace(temp, path)
         except BaseException as error:
             if not isinstance(error, FileExistsError):  # else the temp name is not ours

@@ -6,7 +6,6 @@ written atomically: an existing ``.npy`` means a finished, listed map.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,27 +102,6 @@ def finite_rows(*arrays: np.ndarray) -> np.ndarray:
     return rows
 
 
-def write_and_record(
-    manifest: tuple[ManifestWriter, dict[str, object]],
-    item: LoadedImage,
-    maps: np.ndarray,
-    classes: list[int],
-    probabilities: list[float],
-    passes: tuple[int, int],
-    explainer: Explainer,
-    options: RunOptions,
-) -> Event:
-    """``write_image`` on the writer thread, each map's manifest line appended just before its
-    ``.npy`` (written last): a killed run never leaves an ``.npy`` without its line."""
-    writer, settings = manifest
-
-    def append(record: MapRecord) -> None:
-        entry = entry_from_record(asdict(record), options.output_dir, item.original_size, settings)
-        writer.append(entry)
-
-    return write_image(item, maps, classes, probabilities, passes, explainer, options, append)
-
-
 def write_image(
     item: LoadedImage,
     maps: np.ndarray,
@@ -132,12 +110,13 @@ def write_image(
     passes: tuple[int, int],
     explainer: Explainer,
     options: RunOptions,
-    on_record: Callable[[MapRecord], None] = lambda record: None,
+    manifest: tuple[ManifestWriter, dict[str, object]] | None = None,
 ) -> Event:
     """Render and write every map (T, h, w) of one image; a failure becomes a Failure event.
 
-    Per map: the overlay (and heatmap), then ``on_record`` (the manifest line), then the ``.npy``
-    last, so an existing ``.npy`` means a finished, listed map.
+    Per map: the overlay (and heatmap), then its line in ``manifest`` (the writer and the run's
+    settings) when given, then the ``.npy`` last: an existing ``.npy`` means a finished, listed
+    map, and a killed run never leaves an ``.npy`` without its line.
     """
     source = item.input
     try:
@@ -168,7 +147,12 @@ def write_image(
                 forward_passes=passes[0],
                 forward_passes_saved=passes[1],
             )
-            on_record(record)
+            if manifest is not None:
+                writer, settings = manifest
+                original = item.original_size
+                writer.append(
+                    entry_from_record(asdict(record), options.output_dir, original, settings)
+                )
             render.write_npy(paths["npy"], stored)
             records.append(record)
         return Explained(str(source.path), records, item.original_size)

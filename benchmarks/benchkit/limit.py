@@ -30,15 +30,20 @@ def run_limit(case: Case, passes: int, batch_size: int, precision: str, forward:
 
 
 def best_plain_batch_size(
-    case: Case, sizes: list[int], precision: str, forward: Forward, label: str
+    case: Case,
+    sizes: list[int],
+    precision: str,
+    forward: Forward,
+    label: str,
+    images: int = PROBE_IMAGES,
 ) -> tuple[int, dict[int, float]]:
     """The batch size of best plain forward throughput: per size one warm batch, then at least
-    ``PROBE_IMAGES`` images (two batches at least) timed. Returns it and s per image by size."""
+    ``images`` images (two batches at least) timed. Returns it and s per image by size."""
     device = case.images.device
     per_image: dict[int, float] = {}
     for bs in sizes:
         run_limit(case, bs, bs, precision, forward)  # warm
-        count = max(2 * bs, PROBE_IMAGES)
+        count = max(2 * bs, images)
 
         def probe(bs: int = bs, count: int = count) -> Any:
             return run_limit(case, count, bs, precision, forward)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from benchkit.cases import IMAGES, RESULTS, log, prepare_case
 from benchkit.end_to_end import scorecam_command
-from benchkit.limit import run_limit
+from benchkit.limit import best_plain_batch_size
 from benchkit.options import int_list
 from benchkit.ours import available_backends, case_backends, forward_of, run_ours
 from benchkit.report import cpu_info, versions
@@ -55,22 +55,18 @@ def sweep_in_process(args: argparse.Namespace) -> list[dict[str, Any]]:
         "efficientnet_lite0", IMAGES / "coffee.png", args.size, torch.device("cpu"), {}
     )
     for threads in args.threads:
-        torch.set_num_threads(threads)
-        backends, _ = case_backends(case, args.backends, threads)
+        backends, _ = case_backends(case, args.backends, threads)  # sets torch's threads too
         for name, backend in backends.items():
-            forward = forward_of(case, backend)
+            plain: dict[int, float] = {}  # s per image by batch size
+            if 1 in args.parts:
+                forward = forward_of(case, backend)
+                _, plain = best_plain_batch_size(
+                    case, args.batch_sizes, "fp32", forward, name, images=args.images
+                )
             for bs in args.batch_sizes:
                 row: dict[str, Any] = {"backend": name, "threads": threads, "batch_size": bs}
                 if 1 in args.parts:
-                    run_limit(case, bs, bs, "fp32", forward)  # warm
-                    count = max(2 * bs, args.images)
-                    seconds, _ = timed(
-                        lambda bs=bs, count=count, forward=forward: run_limit(
-                            case, count, bs, "fp32", forward
-                        ),
-                        case.images.device,
-                    )
-                    row["plain_ms_per_image"] = 1000 * seconds / count
+                    row["plain_ms_per_image"] = 1000 * plain[bs]
                 if 2 in args.parts:
                     seconds, result = timed(
                         lambda bs=bs, backend=backend: run_ours(case, bs, "fp32", backend),

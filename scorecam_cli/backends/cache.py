@@ -79,16 +79,22 @@ def onnx_path(model: nn.Module, model_name: str, input_size: tuple[int, int]) ->
 
 
 def cached_onnx(
-    model: nn.Module, model_name: str, input_size: tuple[int, int], *, refresh: bool = False
+    model: nn.Module,
+    path: Path,
+    input_size: tuple[int, int],
+    *,
+    refresh: bool = False,
+    label: str | None = None,
 ) -> Path:
-    """The path of ``model``'s ONNX export, exporting it first when it is not cached (or
-    ``refresh``). Export errors propagate; nothing is left in the cache then."""
-    path = onnx_path(model, model_name, input_size)
+    """``path`` (from :func:`onnx_path`), exporting ``model`` to it first when it is not cached
+    (or ``refresh``); ``label`` names the model in log lines (default: the file's name). Export
+    errors propagate; nothing is left in the cache then."""
+    label = label if label is not None else path.name
     if path.is_file() and not refresh:
-        log.debug("%s: cached export %s", model_name, path)
+        log.debug("%s: cached export %s", label, path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("%s: exporting to ONNX for the masked passes (once; cached in %s)", model_name, path)
+    log.info("%s: exporting to ONNX for the masked passes (once; cached in %s)", label, path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from scorecam_cli.backends.cache import cached_onnx
+from scorecam_cli.backends.cache import cached_onnx, onnx_path
 from scorecam_cli.cam import ScoreBatch
 from scorecam_cli.devices import as_model_input
 
@@ -38,23 +38,38 @@ def build(
 ) -> ScoreBatch:
     """The masked-pass callable of ``backend`` for ``model``, checked against the model.
 
-    A cached export that fails to load is exported again once. Raises BackendFailure.
+    A cached export that fails to load and does not parse as ONNX is exported again once.
+    Raises BackendFailure.
     """
     try:
-        path = cached_onnx(model, model_name, input_size)
+        path = onnx_path(model, model_name, input_size)  # hashes the weights: once per build
+        cached_onnx(model, path, input_size, label=model_name)
     except Exception as exc:  # the exporter raises many kinds; all mean "cannot export"
         raise ExportFailure(f"cannot export it to ONNX ({_first_line(exc)})") from exc
     try:
         score = _open(backend, path, device, threads)
     except Exception as first:
+        if _parses_as_onnx(path):  # the backend's failure, not the file's: keep the file
+            raise BackendFailure(f"cannot load its ONNX export ({_first_line(first)})") from first
         log.debug("%s: cached export unusable (%s); exporting again", model_name, first)
         try:
-            path = cached_onnx(model, model_name, input_size, refresh=True)
+            cached_onnx(model, path, input_size, refresh=True, label=model_name)
             score = _open(backend, path, device, threads)
         except Exception as exc:
             raise BackendFailure(f"cannot load its ONNX export ({_first_line(exc)})") from exc
     check_logits(model, score, input_size, device, backend)
     return score
+
+
+def _parses_as_onnx(path: Path) -> bool:
+    """True when ``path`` holds an ONNX model (its graph; external data is not read)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return True
 
 
 def _open(backend: str, path: Path, device: torch.device, threads: int) -> ScoreBatch:

@@ -50,4 +50,4 @@ def layers(model: str, input_size: str | None, show_all: bool) -> None:
             mark = "\tdefault" if info.ref == default else ""
             click.echo(f"{info.ref}\t{shape_text(info.map_shape)}\t{info.layout}{mark}")
         elif show_all:
-            click.echo(f"{info.ref}\t{'x'.join(map(str, info.shape[1:])) or '-'}\t-")
+            click.echo(f"{info.ref}\t{shape_text(info.shape[1:]) or '-'}\t-")

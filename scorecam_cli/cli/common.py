@@ -16,6 +16,8 @@ import click
 from scorecam_cli.choices import BACKENDS, LAYOUTS, PRECISIONS, SCORE_METHODS, WEIGHTINGS
 
 if TYPE_CHECKING:
+    import torch
+
     from scorecam_cli.explainer import Explainer
     from scorecam_cli.layers import LayerRef
     from scorecam_cli.models import LoadedModel
@@ -176,9 +178,10 @@ def load_explained_model(
     input_size: str | None,
     layout: str | None = None,
     prefix_tokens: int | None = None,
-) -> tuple[LoadedModel, LayerRef, tuple[int, int]]:
+) -> tuple[LoadedModel, LayerRef, tuple[int, int], int | None]:
     """Load the model and resolve the layer by a dry run at the input size (the model's native
-    size by default); the layer and its layout are logged."""
+    size by default); the layer and its layout are logged. Also returns the number of classes
+    C of the model's (1, C) output in that dry run (None for any other output)."""
     from scorecam_cli.layers import resolve_layer
     from scorecam_cli.models import load_model
 
@@ -186,11 +189,30 @@ def load_explained_model(
     with user_errors():
         loaded = load_model(model, weights)
         size = asked or loaded.preprocessing.input_size
-        with native_size_hint(loaded):
+        with native_size_hint(loaded), _output_width(loaded.module) as width:
             info = resolve_layer(loaded.module, layer, size, layout, prefix_tokens)
     how = "default" if layer is None else "chosen"
     log.info("layer %s (%s), %s, %s", info.ref, how, info.layout, shape_text(info.map_shape))
-    return loaded, info.ref, size
+    return loaded, info.ref, size, (width[-1] if width else None)
+
+
+@contextmanager
+def _output_width(module: Any) -> Iterator[list[int]]:
+    """Notes C of each (1, C) output of ``module`` meanwhile (a forward hook), so that --class
+    and --top-k are checked on the dry run's logits instead of another forward pass."""
+    import torch
+
+    widths: list[int] = []
+
+    def note(_module: Any, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 2:
+            widths.append(int(output.shape[1]))
+
+    handle = module.register_forward_hook(note)
+    try:
+        yield widths
+    finally:
+        handle.remove()
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:
@@ -302,21 +324,20 @@ def make_explainer(
     """Everything `run` and `eval` need to explain a batch, from the command-line options.
 
     The backend is loaded when the method (or ``uses_masked_passes``) has masked passes; its
-    default batch size fills ``opts["batch_size"]`` when none was given, for eval's configs too.
+    default batch size is the config's when none was given.
     """
     from scorecam_cli.backends import load_backend
-    from scorecam_cli.devices import prepare_model, resolve_device
+    from scorecam_cli.devices import prepare_model
     from scorecam_cli.explainer import Explainer
     from scorecam_cli.models import parse_class
 
     if class_names and top_k != 1:
         raise click.UsageError("give either --class or --top-k, not both")
-    check_device(opts["device"])
-    loaded, ref, size = load_explained_model(
+    device = check_device(opts["device"])
+    loaded, ref, size, class_count = load_explained_model(
         model, weights, layer, input_size, opts.get("layout"), opts.get("prefix_tokens")
     )
     with user_errors():
-        device = resolve_device(opts["device"])
         classes = [parse_class(text, loaded.categories) for text in class_names] or None
         loaded.module = prepare_model(loaded.module, device)
         masked = method in SCORE_METHODS if uses_masked_passes is None else uses_masked_passes
@@ -329,19 +350,21 @@ def make_explainer(
             precision=opts["precision"],
             threads=opts["threads"],
         )
-        opts["batch_size"] = opts["batch_size"] or backend.batch_size
-        config = make_config(method, **opts)
+        config = make_config(
+            method, **{**opts, "batch_size": opts["batch_size"] or backend.batch_size}
+        )
     if check_precision and backend.name == "torch":  # the other backends judge their own
         check_cpu_precision(device, opts["precision"])
-    check_classes(loaded.module, device, size, classes, top_k)
+    check_classes(class_count, classes, top_k)
     log.debug(
         "model %s (%s) on %s, masked passes: %s", loaded.name, loaded.weights, device, backend.name
     )
     return Explainer(loaded, ref, device, config, classes, top_k, size, backend.score_batch)
 
 
-def check_device(spec: str) -> None:
-    """A usage error for a device torch cannot name or we cannot compute on."""
+def check_device(spec: str) -> torch.device:
+    """The device ``spec`` names (``auto``: CUDA when present, else the CPU); a usage error for a
+    device torch cannot name or we cannot compute on."""
     import torch
 
     allowed = "auto, cpu, cuda, cuda:N or mps"
@@ -361,6 +384,7 @@ def check_device(spec: str) -> None:
             raise UsageFailure(f"--device {spec}: MPS (Apple GPU) is not available here")
     elif device.type != "cpu":
         raise UsageFailure(f"--device {spec}: cannot compute maps on {device.type}; use {allowed}")
+    return device
 
 
 def check_cpu_precision(device: Any, precision: str) -> None:
@@ -378,18 +402,12 @@ def check_cpu_precision(device: Any, precision: str) -> None:
         )
 
 
-def check_classes(
-    module: Any, device: Any, size: tuple[int, int], classes: list[int] | None, top_k: int
-) -> None:
-    """A usage error for a class index or a top-k past the model's number of outputs, found by
-    one forward pass of a blank image (so models without class names are checked too)."""
-    import torch
-
-    with torch.inference_mode():
-        logits = module(torch.zeros(1, 3, *size, device=device))
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        return  # the model's output is judged where it is used
-    count = int(logits.shape[1])
+def check_classes(count: int | None, classes: list[int] | None, top_k: int) -> None:
+    """A usage error for a class index or a top-k past the model's ``count`` outputs (from the
+    dry run, so models without class names are checked too); None: not (1, C) logits, judged
+    where they are used."""
+    if count is None:
+        return
     for index in classes or []:
         if index >= count:
             raise UsageFailure(f"--class {index} is out of range: the model has {count} classes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,6 @@ from scorecam_cli.cli.common import (
     cam_options,
     decode_workers,
     emit,
-    make_config,
     make_explainer,
     model_options,
     progress,
@@ -23,7 +23,7 @@ from scorecam_cli.cli.common import (
     user_errors,
     workers_option,
 )
-from scorecam_cli.cli.scale import shard_option, sharded
+from scorecam_cli.cli.scale import shard_option
 
 
 @click.command(name="eval")
@@ -99,6 +99,7 @@ def evaluate(
     """
     from scorecam_cli.eval_pipeline import evaluate as evaluate_inputs
     from scorecam_cli.images import find_inputs
+    from scorecam_cli.shards import in_shard
     from scorecam_cli.writing import Failure, RunOptions
 
     chosen = methods or ("scorecam", "gradcam")
@@ -106,7 +107,7 @@ def evaluate(
     explainer = make_explainer(
         model, weights, layer, input_size, chosen[0], class_names[:1], 1, opts, masked
     )
-    configs = [make_config(method, **opts) for method in chosen]
+    configs = [dataclasses.replace(explainer.config, method=method) for method in chosen]
     failed = 0
 
     with progress() as bar:
@@ -128,7 +129,7 @@ def evaluate(
             reports = evaluate_inputs(
                 explainer,
                 configs,
-                sharded(find_inputs(inputs, sys.stdin), shard),
+                in_shard(find_inputs(inputs, sys.stdin), shard),
                 steps=steps,
                 sanity=sanity,
                 options=options,

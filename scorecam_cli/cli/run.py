@@ -174,7 +174,7 @@ def run(
     limits = Limits(
         max_file_bytes=int(max_file_mb * 2**20),
         max_pixels=max_pixels,
-        batch_pixels=max(max_pixels, 2 * 50_000_000),
+        batch_pixels=max(max_pixels, Limits().batch_pixels),
     )
     options = RunOptions(
         output_dir=output,

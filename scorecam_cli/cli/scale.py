@@ -123,39 +123,14 @@ class ScaleOptions:
         return {"manifest_name": name, "npy_size": self.npy_size, "npy_dtype": self.npy_dtype}
 
 
-def sharded(inputs: Iterable[InputImage], shard: Shard | None) -> Iterator[InputImage]:
-    from scorecam_cli.shards import in_shard
-
-    return in_shard(inputs, shard)
-
-
-def driver_explainer(
-    model: str,
-    weights: str,
-    layer: str | None,
-    input_size: str | None,
-    method: str,
-    class_names: tuple[str, ...],
-    top_k: int,
-    opts: dict[str, Any],
-    scale: ScaleOptions,
-) -> Explainer:
-    """The explainer of this process: on the CPU for the Ray engine's driver (the actors hold
-    the model on their own devices), else where ``--device`` says."""
+def driver_explainer(scale: ScaleOptions, **rebuild: Any) -> Explainer:
+    """The explainer of this process, from make_explainer's arguments ``rebuild``: on the CPU
+    for the Ray engine's driver (the actors hold the model on their own devices), else where
+    ``--device`` says."""
     driver = scale.engine == "ray"
-    if driver:  # the actors check the precision on their own devices
-        opts = {**opts, "device": "cpu"}
-    return make_explainer(
-        model,
-        weights,
-        layer,
-        input_size,
-        method,
-        class_names,
-        top_k,
-        opts,
-        check_precision=not driver,
-    )
+    opts = {**rebuild["opts"], "device": "cpu"} if driver else rebuild["opts"]
+    # the Ray engine's actors check the precision on their own devices
+    return make_explainer(**{**rebuild, "opts": opts}, check_precision=not driver)
 
 
 def events(
@@ -170,9 +145,10 @@ def events(
     ``stop`` ends the run early (Ctrl-C): the local engine after reporting every map written,
     the Ray engine at the next input it hears of."""
     from scorecam_cli.pipeline import run as run_local
+    from scorecam_cli.shards import in_shard
 
     if scale.engine == "local":
-        yield from run_local(explainer, sharded(inputs, scale.shard), options, stop)
+        yield from run_local(explainer, in_shard(inputs, scale.shard), options, stop)
         return
     from scorecam_cli.engines import ray as ray_engine
     from scorecam_cli.errors import ScoreCamError
@@ -186,7 +162,7 @@ def events(
     )
     try:
         for event in ray_engine.run(
-            explainer, factory, sharded(inputs, scale.shard), options, ray_options
+            explainer, factory, in_shard(inputs, scale.shard), options, ray_options
         ):
             yield event
             if stop is not None and stop.requested:  # Ctrl-C: stop at the next finished input

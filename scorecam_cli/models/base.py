@@ -125,12 +125,6 @@ def _load_error_line(exc: BaseException) -> str:
     return (kept or [type(exc).__name__])[0]
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def parse_class(text: str, categories: list[str] | None) -> int:
     """A target class from its index (``281``) or its name (``tabby``, case-insensitive)."""
     if text.strip().lstrip("-").isdigit():

@@ -12,11 +12,10 @@ import inspect
 
 from torch import nn
 
-from scorecam_cli.errors import MissingWeights, UnknownModel, UnsupportedModel
+from scorecam_cli.errors import MissingWeights, UnknownModel, UnsupportedModel, first_line
 from scorecam_cli.models.base import (
     LoadedModel,
     Preprocessing,
-    first_line,
     is_path,
     load_state_dict_file,
 )

@@ -10,14 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from scorecam_cli.errors import MissingWeights, UnknownModel
+from scorecam_cli.errors import MissingWeights, UnknownModel, first_line
 from scorecam_cli.models.base import (
     EMBEDDED_MODEL,
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoadedModel,
     Preprocessing,
-    first_line,
     is_path,
     load_state_dict_file,
 )

@@ -7,10 +7,8 @@ zipped. Cards: one per input, its maps grouped by class, methods side by side.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +18,7 @@ from urllib.parse import quote
 
 from scorecam_cli.errors import ScoreCamError
 from scorecam_cli.manifest import Manifest, manifest_files, read_manifest
+from scorecam_cli.render import write_atomic
 from scorecam_cli.report.thumbnails import THUMB_SUFFIX, write_thumbnails
 
 REPORT_NAME = "report.html"
@@ -55,7 +54,9 @@ def build_report(root: Path, html: Path | None = None, thumb_size: int = 192) ->
     jobs: list[tuple[Path, Path]] = []
     cards: dict[str, dict[str, Any]] = {}
     for entry in manifest.entries:
-        overlay = root / str(entry["overlay"])
+        overlay = manifest.path_of(entry, "overlay")
+        if overlay is None:  # not so: require_files kept only maps whose overlay is on disk
+            continue
         thumb = thumbs / "maps" / f"{entry['overlay']}{THUMB_SUFFIX}"
         jobs.append((overlay, thumb))
         key = str(entry.get("input_abspath") or entry["input"])
@@ -144,22 +145,10 @@ def _write_page(html: Path, cards: list[dict[str, Any]], root: Path) -> None:
         maps=sum(len(card["maps"]) for card in cards),
         cards=len(cards),
     )
-    _write_text_atomic(html, page)
+    write_atomic(html, page.encode("utf-8"))
 
 
 def _script_json(data: Mapping[str, Any]) -> str:
     """JSON safe inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` left."""
     text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise

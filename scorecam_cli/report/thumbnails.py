@@ -7,9 +7,7 @@ then rename), so a killed build never leaves half an image behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ import cv2
 import numpy as np
 
 from scorecam_cli.errors import ImageRead, OutputWrite
+from scorecam_cli.render import write_atomic
 
 THUMB_SUFFIX = ".webp"
 QUALITY = 80  # WebP quality, 0-100
@@ -67,7 +66,7 @@ def write_thumbnail(source: Path, target: Path, max_side: int) -> bool:
     )
     if not ok:
         raise OutputWrite(f"{target}: OpenCV could not encode a WebP thumbnail")
-    _write_with_mtime(target, encoded.tobytes(), source.stat().st_mtime_ns)
+    write_atomic(target, encoded.tobytes(), source.stat().st_mtime_ns)
     return True
 
 
@@ -91,21 +90,3 @@ def write_thumbnails(jobs: Sequence[tuple[Path, Path]], max_side: int) -> Thumbn
             else:
                 stats.reused += 1
     return stats
-
-
-def _write_with_mtime(path: Path, data: bytes, mtime_ns: int) -> None:
-    """Write ``data`` to a temporary file beside ``path``, stamp it, rename it onto ``path``."""
-    temp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(temp, "xb") as file:
-                file.write(data)
-            os.utime(temp, ns=(mtime_ns, mtime_ns))
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
-    except OSError as error:
-        raise OutputWrite(f"{path}: {error.strerror or error}") from error

@@ -229,3 +229,15 @@ def test_an_actor_that_cannot_load_the_model_stops_the_run_in_one_line(
     assert message.endswith(
         "RuntimeError: cannot import mypkg.nets on this node (cpu) (details: the Ray logs)"
     )
+
+
+def test_ray_decoding_honours_the_run_s_file_limits(tmp_path: Path) -> None:
+    """--max-pixels and --max-file-mb reach the Ray engine's decode tasks, as in the local one."""
+    from scorecam_cli.images import Limits
+
+    image = write_image(tmp_path / "a.png", height=40, width=50)  # 2,000 pixels
+    row = {"index": 0, "path": os.fsencode(image), "relative": b"a.png"}
+    args = ((16, 16), (0.5,) * 3, (0.5,) * 3, os.getcwd())
+    assert ray_engine._decode_row(row, *args, Limits())["error"] == ""
+    refused = ray_engine._decode_row(row, *args, Limits(max_pixels=1000))
+    assert "--max-pixels" in refused["error"] and "a.png" in refused["error"]

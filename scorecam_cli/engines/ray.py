@@ -33,7 +33,7 @@ import torch
 from scorecam_cli import pipeline
 from scorecam_cli.errors import ScoreCamError
 from scorecam_cli.explainer import Explainer
-from scorecam_cli.images import InputImage, LoadedImage, load_image
+from scorecam_cli.images import InputImage, Limits, LoadedImage, load_image
 from scorecam_cli.manifest import ManifestWriter, entry_from_record
 from scorecam_cli.writing import Event, Explained, Failure, RunOptions
 
@@ -173,6 +173,7 @@ def _dataset(
             "mean": tuple(prep.mean),
             "std": tuple(prep.std),
             "cwd": os.getcwd(),
+            "limits": options.limits,
         },
         num_cpus=0.5,
     )
@@ -215,12 +216,13 @@ def _decode_row(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     cwd: str,
+    limits: Limits,
 ) -> dict[str, Any]:
     """One input -> its normalised image (3, H, W) float32 and pixels (H0, W0, 3) uint8, or the
-    reason it could not be read (then both are placeholders)."""
+    reason it could not be read under ``limits`` (then both are placeholders)."""
     _enter(cwd)
     item = _input_of(row)
-    loaded = load_image(int(row["index"]), item, size, mean, std)
+    loaded = load_image(int(row["index"]), item, size, mean, std, limits)
     if loaded.tensor is None or loaded.pixels is None:
         tensor = np.zeros((3, *size), dtype=np.float32)
         pixels = np.zeros((1, 1, 3), dtype=np.uint8)

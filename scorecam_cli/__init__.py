@@ -13,18 +13,24 @@ __version__ = "0.1.0"
 __all__ = [
     "CamConfig",
     "CamResult",
+    "ExplainSpec",
     "__version__",
+    "build_explainer",
     "compute_cams",
     "load_model",
     "resolve_layer",
+    "score_cams",
 ]
 
 _LAZY = {
     "CamConfig": "scorecam_cli.cam",
     "CamResult": "scorecam_cli.cam",
+    "ExplainSpec": "scorecam_cli.spec",
+    "build_explainer": "scorecam_cli.explainer",
     "compute_cams": "scorecam_cli.cam",
     "load_model": "scorecam_cli.models",
     "resolve_layer": "scorecam_cli.layers",
+    "score_cams": "scorecam_cli.cam",
 }
 
 

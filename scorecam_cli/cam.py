@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorecam_cli.choices import GRADIENT_METHODS, METHODS, PRECISIONS, WEIGHTINGS
+from scorecam_cli.choices import GRADIENT_METHODS
 from scorecam_cli.devices import as_model_input, precision_context, single_torch_thread
 from scorecam_cli.layers import LayerRef, capture, parse_layer
+from scorecam_cli.spec import CamConfig
+
+__all__ = ["CamConfig", "CamResult", "FirstPass", "ScoreBatch", "compute_cams", "score_cams"]
 
 # Masked images per eager forward pass when none is given. CPU: benchmarks/sweep.py on 2 cores
 # (results/sweep-cpu.json, the embedded model: 8.9 s at 4 against 9.6-16.2 s at 2, 8 and 16;
@@ -39,21 +42,10 @@ MASK_LEVELS = 2**20  # masks equal at this resolution share a forward pass
 # Masked images (B, 3, H, W) -> logits (B, C); synchronous, keeping no reference to the images
 # (the core writes every chunk into one buffer).
 ScoreBatch = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class CamConfig:
-    """How to compute the maps; see METHODS, WEIGHTINGS and PRECISIONS for the choices."""
-
-    method: str = "scorecam"
-    weighting: str = "softmax"
-    batch_size: int | None = None  # masked images per forward pass; None: AUTO_BATCH_SIZE
-    precision: str = "fp32"
-    share_masks: bool = True  # score identical masked inputs once (exact)
-    top_channels: int = 256  # faster-scorecam: channels kept per image, by activation variance
-    samples: int = 8  # sscam: noisy copies per mask; iscam: integration steps
-    noise_std: float = 2.0  # sscam: std of the Gaussian noise added to each mask
-    seed: int = 0  # sscam: noise seed, for repeatable maps
+# The first, plain pass: images (N, 3, H, W) -> logits (N, C) and the layer's activations
+# (N, K, h, w). A torch module gives it through the capture hook (:func:`torch_first_pass`); a
+# model that is no torch module (an ONNX session) gives it with the layer as a graph output.
+FirstPass = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -91,23 +83,66 @@ def compute_cams(
     ``score_batch`` runs the masked passes, images (B, 3, H, W) -> logits (B, C) on the images'
     device (e.g. an exported copy of the model, :mod:`scorecam_cli.backends`); None: ``model``.
     On the CPU torch itself runs on one thread while such a ``score_batch`` runs the passes.
+    The Score-CAM methods run :func:`score_cams` with the model's first pass.
     """
     config = config or CamConfig()
-    _check_config(config)
+    config.check()
     ref = parse_layer(model, layer) if isinstance(layer, str) else layer
     if config.method in GRADIENT_METHODS:
         return _gradient_cams(model, ref, images, classes, top_k, config)
+    own_passes = score_batch is None
+    score = torch_score_batch(model) if score_batch is None else score_batch
+    return score_cams(
+        torch_first_pass(model, ref), score, images, classes, top_k, config, not own_passes
+    )
+
+
+def score_cams(
+    first_pass: FirstPass,
+    score_batch: ScoreBatch,
+    images: Tensor,
+    classes: Tensor | Sequence[int] | None = None,
+    top_k: int = 1,
+    config: CamConfig | None = None,
+    separate_backend: bool = False,
+) -> CamResult:
+    """Score-CAM maps (N, T, h, w) of ``images`` (N, 3, H, W) from the two passes it needs.
+
+    ``first_pass`` gives the logits and the layer's activations, ``score_batch`` the logits of
+    masked images; neither needs to be a torch module. ``separate_backend``: the masked passes
+    run outside torch (an exported backend), so on the CPU torch drops to one thread meanwhile.
+    Classes and top_k as in :func:`compute_cams`; the gradient methods need :func:`compute_cams`.
+    """
+    config = config or CamConfig()
+    config.check()
+    if config.method in GRADIENT_METHODS:
+        raise ValueError(f"{config.method} needs gradients: use compute_cams with a torch model")
     with torch.inference_mode(), precision_context(images.device, config.precision):
-        with capture(model, ref) as seen:
-            logits = model(as_model_input(images)).float()  # (N, C)
-        acts = seen.value().float()  # (N, K, h, w)
+        logits, acts = first_pass(images)  # (N, C), (N, K, h, w)
+        logits, acts = logits.float(), acts.float()
         targets = _targets(logits, classes, top_k)  # (N, T)
-        forward = score_batch or (lambda batch: model(as_model_input(batch)))
-        with single_torch_thread(score_batch is not None and images.device.type == "cpu"):
-            scores, chosen, counts = _channel_scores(forward, images, acts, targets, config)
+        with single_torch_thread(separate_backend and images.device.type == "cpu"):
+            scores, chosen, counts = _channel_scores(score_batch, images, acts, targets, config)
         weights = _weights(scores, chosen, config.weighting)  # (N, K, T)
         maps = torch.einsum("nkt,nkhw->nthw", weights, acts).relu()  # (N, T, h, w)
     return _result(maps, targets, logits, counts)
+
+
+def torch_first_pass(model: nn.Module, ref: LayerRef) -> FirstPass:
+    """The first pass of a torch ``model``: its logits and ``ref``'s activations (capture hook,
+    on only during this pass)."""
+
+    def first_pass(images: Tensor) -> tuple[Tensor, Tensor]:
+        with capture(model, ref) as seen:
+            logits = model(as_model_input(images))  # (N, C)
+        return logits, seen.value()  # (N, C), (N, K, h, w)
+
+    return first_pass
+
+
+def torch_score_batch(model: nn.Module) -> ScoreBatch:
+    """The masked passes of a torch ``model`` itself: images (B, 3, H, W) -> logits (B, C)."""
+    return lambda batch: model(as_model_input(batch))
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -133,19 +168,6 @@ def normalise_maps_(maps: Tensor) -> Tensor:
     span = high - low
     safe = torch.where(span > 0, span, torch.ones_like(span))
     return maps.sub_(low).div_(safe).masked_fill_(is_constant(low, high), 0.0)
-
-
-def _check_config(config: CamConfig) -> None:
-    if config.method not in METHODS:
-        raise ValueError(f"method {config.method!r} is not one of {', '.join(METHODS)}")
-    if config.weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting {config.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision {config.precision!r} is not one of {', '.join(PRECISIONS)}")
-    if config.batch_size is not None and config.batch_size < 1:
-        raise ValueError("batch size must be at least 1")
-    if config.samples < 1 or config.top_channels < 1:
-        raise ValueError("samples and top channels must be at least 1")
 
 
 def _targets(logits: Tensor, classes: Tensor | Sequence[int] | None, top_k: int) -> Tensor:

@@ -1,4 +1,5 @@
-"""The names the Score-CAM core accepts, torch-free: the CLI builds its options from them."""
+"""The names the Score-CAM core accepts, torch-free: the CLI builds its options from them.
+(Backends and engines have their own tables: scorecam_cli.backends, scorecam_cli.engines.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,4 @@ NPY_SIZES = (
     "layer",
 )  # the .npy map at the image's, model input's or layer's size
 NPY_DTYPES = ("float32", "float16")
-ENGINES = ("local", "ray")
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # what runs the masked passes
 LAYOUTS = ("nchw", "nhwc", "tokens")  # of scorecam_cli.layouts

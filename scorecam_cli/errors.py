@@ -1,4 +1,8 @@
-"""Errors the tool reports to users: each renders as one line that says what to do next."""
+"""Errors the tool reports to users: each renders as one line that says what to do next.
+
+:class:`BadRequest` and its subclasses are about what the user asked for (the CLI exits 2);
+every other :class:`ScoreCamError` stops the run or fails one input (exit 1).
+"""
 
 from __future__ import annotations
 
@@ -13,16 +17,39 @@ class ScoreCamError(Exception):
     """Base class: an error whose message is a complete one-line explanation for the user."""
 
 
-class UnknownModel(ScoreCamError):
+class BadRequest(ScoreCamError):
+    """What the user asked for cannot be done as asked: a name, size, device or option."""
+
+
+class UnknownModel(BadRequest):
     """The model name is not in torchvision's registry, the embedded models, or importable."""
 
 
-class MissingWeights(ScoreCamError):
-    """Named weights are not in the local cache and cannot be downloaded."""
+class UnknownClass(BadRequest):
+    """A target class names no output of the model (an unknown name or an index out of range)."""
 
 
-class UnknownLayer(ScoreCamError):
+class UnknownLayer(BadRequest):
     """The layer name does not name a module of the model, or its output is not a map."""
+
+
+class BadInputSize(BadRequest):
+    """The model cannot take the input size (its dry run failed), or the size is out of range."""
+
+
+class UnsupportedModel(BadRequest):
+    """The model cannot be explained as it is: its output is no (N, classes) logits tensor, or its
+    factory cannot be called safely."""
+
+
+class BadDevice(BadRequest):
+    """The device is no device torch can name, or none we can compute maps on, or the precision
+    asked for makes no sense on it."""
+
+
+class WeightsError(ScoreCamError):
+    """Weights that cannot be had (not in the local cache, no such file or name) or that do not
+    fit the model."""
 
 
 class ImageRead(ScoreCamError):
@@ -35,12 +62,3 @@ class OutputWrite(ScoreCamError):
 
 class BackendUnavailable(ScoreCamError):
     """The inference backend asked for is not installed, or cannot run on this device/precision."""
-
-
-class BadInputSize(ScoreCamError):
-    """The model cannot take the input size (its dry run failed), or the size is out of range."""
-
-
-class UnsupportedModel(ScoreCamError):
-    """The model cannot be explained as it is: its output is no (N, classes) logits tensor, or its
-    factory cannot be called safely."""

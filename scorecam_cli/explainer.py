@@ -1,15 +1,41 @@
-"""A model ready to explain: the loaded model on its device, the layer, and how (no click)."""
+"""A model ready to explain, built by the library from one :class:`~scorecam_cli.spec.ExplainSpec`.
+
+:func:`build_explainer` is the one way in: ``run``, ``eval``, the sanity check and every engine
+(the local one, Ray's actors) explain through the :class:`Explainer` it returns. The explainer
+holds the two passes the Score-CAM core needs: the first pass (logits and the layer's
+activations; the capture hook of a torch module unless a ``first_pass`` is given) and the masked
+passes (a backend's ``score_batch``, or the module itself).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
+from torch import Tensor, nn
 
-from scorecam_cli.cam import CamConfig, CamResult, ScoreBatch, compute_cams
-from scorecam_cli.layers import LayerRef
+from scorecam_cli.cam import (
+    CamConfig,
+    CamResult,
+    FirstPass,
+    ScoreBatch,
+    compute_cams,
+    score_cams,
+    torch_first_pass,
+    torch_score_batch,
+    upsample_maps,
+)
+from scorecam_cli.choices import GRADIENT_METHODS, SCORE_METHODS
+from scorecam_cli.devices import as_model_input
+from scorecam_cli.errors import BadInputSize, UnknownClass
+from scorecam_cli.layers import LayerInfo, LayerRef
 from scorecam_cli.models import LoadedModel
+from scorecam_cli.spec import ExplainSpec
+
+log = logging.getLogger("scorecam_cli")
 
 
 @dataclass(frozen=True)
@@ -24,6 +50,7 @@ class Explainer:
     top_k: int = 1
     input_size: tuple[int, int] | None = None
     score_batch: ScoreBatch | None = None  # runs the masked passes (a backend); None: the model
+    first_pass: FirstPass | None = None  # logits and activations; None: the model's, hooked
 
     @property
     def size(self) -> tuple[int, int]:
@@ -40,15 +67,143 @@ class Explainer:
             "top_k": self.top_k,
         }
 
-    def explain(self, batch: torch.Tensor) -> CamResult:
-        """Maps of preprocessed images (N, 3, H, W) on the CPU."""
+    def explain(
+        self,
+        batch: Tensor,
+        config: CamConfig | None = None,
+        classes: Tensor | None = None,
+        module: nn.Module | None = None,
+    ) -> CamResult:
+        """Maps of preprocessed images ``batch`` (N, 3, H, W), on any device.
+
+        ``config``: another method than the explainer's own (eval measures several);
+        ``classes``: targets (N, T) instead of the explainer's classes or top-k; ``module``: another
+        torch model of the same architecture (the sanity check's randomised copies), which runs
+        its own passes in PyTorch.
+        """
+        config = config or self.config
         images = batch.to(self.device, non_blocking=True)
-        return compute_cams(
-            self.model.module,
-            self.layer,
-            images,
-            self.classes,
-            self.top_k,
-            self.config,
-            score_batch=self.score_batch,
-        )
+        targets = self.classes if classes is None else classes
+        if module is not None or config.method in GRADIENT_METHODS:
+            model = self.model.module if module is None else module
+            return compute_cams(model, self.layer, images, targets, self.top_k, config)
+        first = self.first_pass or torch_first_pass(self.model.module, self.layer)
+        score = self.score_batch or torch_score_batch(self.model.module)
+        separate = self.score_batch is not None
+        return score_cams(first, score, images, targets, self.top_k, config, separate)
+
+    def saliency(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        config: CamConfig | None = None,
+        module: nn.Module | None = None,
+    ) -> Tensor:
+        """One map per image (N, H, W) at the images' size, for the classes ``targets`` (N,)."""
+        result = self.explain(images, config, targets.reshape(-1, 1), module)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        return upsample_maps(result.maps, size)[:, 0]  # (N, H, W)
+
+    def logits(self, images: Tensor) -> Tensor:
+        """The model's logits (N, C) of preprocessed ``images`` (N, 3, H, W) on the device."""
+        with torch.inference_mode():
+            if self.first_pass is not None:
+                return self.first_pass(images)[0]
+            return self.model.module(as_model_input(images))
+
+
+def build_explainer(spec: ExplainSpec, *, check_precision: bool = True) -> Explainer:
+    """The model of ``spec`` ready to explain: loaded, its layer resolved by a dry run at the input
+    size (logged with its layout), on its device, with the backend of its masked passes.
+
+    The backend is loaded when the method has masked passes; its default batch size becomes the
+    config's when none was given. ``check_precision`` is off for a Ray driver, which computes
+    nothing (its actors check on their own devices). Raises the library's one-line errors:
+    :class:`~scorecam_cli.errors.BadRequest` for what cannot be done as asked.
+    """
+    from scorecam_cli.backends import load_backend
+    from scorecam_cli.devices import check_cpu_precision, prepare_model, resolve_device
+    from scorecam_cli.models import parse_class
+
+    device = resolve_device(spec.compute.device)
+    loaded, info, size = load_and_resolve(spec)
+    classes = [parse_class(text, loaded.categories) for text in spec.classes] or None
+    loaded = replace(loaded, module=prepare_model(loaded.module, device))
+    masked = spec.method.method in SCORE_METHODS
+    backend = load_backend(
+        loaded.module,
+        spec.compute.backend if masked else "torch",
+        model_name=loaded.name,
+        input_size=size,
+        device=device,
+        precision=spec.method.precision,
+        threads=spec.compute.threads,
+    )
+    config = replace(spec.method, batch_size=spec.method.batch_size or backend.batch_size)
+    if check_precision and backend.name == "torch":  # the other backends judge their own
+        check_cpu_precision(device, config.precision)
+    check_classes(loaded.num_classes, classes, spec.top_k)
+    log.debug(
+        "model %s (%s) on %s, masked passes: %s", loaded.name, loaded.weights, device, backend.name
+    )
+    return Explainer(
+        loaded, info.ref, device, config, classes, spec.top_k, size, backend.score_batch
+    )
+
+
+def load_and_resolve(spec: ExplainSpec) -> tuple[LoadedModel, LayerInfo, tuple[int, int]]:
+    """Load the model and resolve the layer by a dry run at the input size (the model's native
+    size by default); the layer and its layout are logged. The model's ``num_classes`` is C of
+    its (1, C) output in that dry run (None for any other output)."""
+    from scorecam_cli.layers import resolve_layer
+    from scorecam_cli.models import load_model
+
+    loaded = load_model(spec.model.source, spec.model.weights)
+    size = spec.input_size or loaded.preprocessing.input_size
+    layer = spec.layer
+    with native_size_hint(loaded), _output_width(loaded.module) as width:
+        info = resolve_layer(loaded.module, layer.name, size, layer.layout, layer.prefix_tokens)
+    how = "default" if layer.name is None else "chosen"
+    shape = "x".join(str(v) for v in info.map_shape or ())
+    log.info("layer %s (%s), %s, %s", info.ref, how, info.layout, shape)
+    return replace(loaded, num_classes=width[-1] if width else None), info, size
+
+
+@contextmanager
+def native_size_hint(loaded: LoadedModel) -> Iterator[None]:
+    """Add the model's native size to a failed dry run's one-line error."""
+    try:
+        yield
+    except BadInputSize as exc:
+        height, width = loaded.preprocessing.input_size
+        raise BadInputSize(f"{loaded.name}: {exc} (native size: {height}x{width})") from None
+
+
+@contextmanager
+def _output_width(module: nn.Module) -> Iterator[list[int]]:
+    """Notes C of each (1, C) output of ``module`` meanwhile (a forward hook), so that classes
+    and top-k are checked on the dry run's logits instead of another forward pass."""
+    widths: list[int] = []
+
+    def note(_module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 2:
+            widths.append(int(output.shape[1]))
+
+    handle = module.register_forward_hook(note)
+    try:
+        yield widths
+    finally:
+        handle.remove()
+
+
+def check_classes(count: int | None, classes: list[int] | None, top_k: int) -> None:
+    """UnknownClass for a class index or a top-k past the model's ``count`` outputs (from the
+    dry run, so models without class names are checked too); None: not (1, C) logits, judged
+    where they are used."""
+    if count is None:
+        return
+    for index in classes or []:
+        if index >= count:
+            raise UnknownClass(f"--class {index} is out of range: the model has {count} classes")
+    if not classes and top_k > count:
+        raise UnknownClass(f"--top-k {top_k} is more than the model's {count} classes")

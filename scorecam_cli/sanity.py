@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from scorecam_cli.evaluate import Explain
+from scorecam_cli.faithfulness import Explain
 from scorecam_cli.layers import trace_layers
 
 DEFAULT_SANITY_STEPS = 9  # randomisation steps checked: evenly spaced, the last = fully random

@@ -13,11 +13,37 @@ import numpy as np
 
 from scorecam_cli import render
 from scorecam_cli.errors import ScoreCamError
+from scorecam_cli.events import NOT_FINITE, Event, Explained, Failure, MapRecord, Skipped
 from scorecam_cli.explainer import Explainer
 from scorecam_cli.images import DEFAULT_LIMITS, InputImage, Limits, LoadedImage
 from scorecam_cli.manifest import MANIFEST_NAME, ManifestWriter, entry_from_record
 from scorecam_cli.npy_maps import stored_map
 from scorecam_cli.outputs import output_paths
+
+__all__ = [
+    "NOT_FINITE",
+    "DecodeOptions",
+    "Event",
+    "Explained",
+    "Failure",
+    "ImageMaps",
+    "ManifestLines",
+    "MapRecord",
+    "RunOptions",
+    "Skipped",
+    "finite_rows",
+    "output_stem",
+    "write_image",
+]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How inputs are decoded: images per batch, decoding processes, file and pixel limits."""
+
+    images_per_batch: int = 8
+    workers: int = 1
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -38,60 +64,34 @@ class RunOptions:
     limits: Limits = DEFAULT_LIMITS  # file size, pixels per image and per batch
     fail_fast: bool = False  # stop taking new inputs after the first failure
 
-
-@dataclass(frozen=True)
-class MapRecord:
-    """One written map: the files and what they explain."""
-
-    input: str
-    overlay: str
-    npy: str
-    heatmap: str | None
-    class_index: int
-    class_name: str | None
-    probability: float
-    model: str
-    layer: str
-    method: str
-    forward_passes: int
-    forward_passes_saved: int
+    @property
+    def decode(self) -> DecodeOptions:
+        return DecodeOptions(self.images_per_batch, self.workers, self.limits)
 
 
 @dataclass(frozen=True)
-class Explained:
-    """An input whose maps were all written: one record per target class."""
+class ImageMaps:
+    """One decoded image's maps, ready to write: maps (T, h, w) with their classes and
+    probabilities (T each), and the masked passes run and saved for the image."""
 
-    input: str
-    records: list[MapRecord]
-    original_size: tuple[int, int] = (0, 0)  # (H, W) of the decoded input
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An input that produced no maps, and why (one line)."""
-
-    input: str
-    reason: str
-    forward_passes: int = 0  # masked passes run for it before it failed (a write failed)
-    forward_passes_saved: int = 0
+    item: LoadedImage
+    maps: np.ndarray
+    classes: list[int]
+    probabilities: list[float]
+    passes: tuple[int, int]
 
 
 @dataclass(frozen=True)
-class Skipped:
-    """An input whose outputs already exist (``skip_existing``)."""
+class ManifestLines:
+    """Where a run lists its maps: the manifest's writer and the settings every line carries."""
 
-    input: str
-
-
-Event = Explained | Failure | Skipped
+    writer: ManifestWriter
+    settings: dict[str, object]
 
 
 def output_stem(options: RunOptions, item: InputImage) -> Path:
     """Outputs of ``item`` are ``<stem>.c<class>.overlay.png`` and so on: input name kept whole."""
     return options.output_dir / item.relative.parent / item.relative.name
-
-
-NOT_FINITE = "the model gave NaN or infinite scores or maps for this input; nothing written"
 
 
 def finite_rows(*arrays: np.ndarray) -> np.ndarray:
@@ -103,21 +103,19 @@ def finite_rows(*arrays: np.ndarray) -> np.ndarray:
 
 
 def write_image(
-    item: LoadedImage,
-    maps: np.ndarray,
-    classes: list[int],
-    probabilities: list[float],
-    passes: tuple[int, int],
+    image_maps: ImageMaps,
     explainer: Explainer,
     options: RunOptions,
-    manifest: tuple[ManifestWriter, dict[str, object]] | None = None,
+    manifest: ManifestLines | None = None,
 ) -> Event:
-    """Render and write every map (T, h, w) of one image; a failure becomes a Failure event.
+    """Render and write every map of one image; a failure becomes a Failure event.
 
-    Per map: the overlay (and heatmap), then its line in ``manifest`` (the writer and the run's
-    settings) when given, then the ``.npy`` last: an existing ``.npy`` means a finished, listed
-    map, and a killed run never leaves an ``.npy`` without its line.
+    Per map: the overlay (and heatmap), then its line in ``manifest`` when given, then the
+    ``.npy`` last: an existing ``.npy`` means a finished, listed map, and a killed run never
+    leaves an ``.npy`` without its line.
     """
+    item, maps, passes = image_maps.item, image_maps.maps, image_maps.passes
+    classes, probabilities = image_maps.classes, image_maps.probabilities
     source = item.input
     try:
         assert item.pixels is not None, "only decoded images are written"
@@ -148,11 +146,10 @@ def write_image(
                 forward_passes_saved=passes[1],
             )
             if manifest is not None:
-                writer, settings = manifest
-                original = item.original_size
-                writer.append(
-                    entry_from_record(asdict(record), options.output_dir, original, settings)
+                entry = entry_from_record(
+                    asdict(record), options.output_dir, item.original_size, manifest.settings
                 )
+                manifest.writer.append(entry)
             render.write_npy(paths["npy"], stored)
             records.append(record)
         return Explained(str(source.path), records, item.original_size)

@@ -15,7 +15,7 @@ from scorecam_cli.backends import cache as export_cache
 from scorecam_cli.backends import export as exporter
 from scorecam_cli.cam import CamConfig, compute_cams, normalise_maps, upsample_maps
 from scorecam_cli.errors import BackendUnavailable
-from scorecam_cli.evaluate import cam_explainer
+from scorecam_cli.faithfulness import cam_explainer
 from scorecam_cli.images import preprocess, read_image
 from scorecam_cli.models import load_model
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from reference import reference_scorecam
 
-from scorecam_cli.cam import METHODS, CamConfig, compute_cams, upsample_maps
+from scorecam_cli.cam import CamConfig, compute_cams, upsample_maps
+from scorecam_cli.choices import METHODS
 
 
 def assert_maps_close(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -225,7 +225,7 @@ def test_eval_table_and_jsonl(tmp_path):
 
 
 def test_decoding_stays_in_process_only_for_one_batch_of_named_files(tmp_path):
-    from scorecam_cli.cli.common import decode_workers
+    from scorecam_cli.cli.options import decode_workers
 
     files = []
     for name in ("a.png", "b.png", "c.png"):

@@ -23,11 +23,12 @@ from click.testing import CliRunner
 from test_cli import TESTS, TINY, write_image
 
 from scorecam_cli.cli import main
-from scorecam_cli.cli.common import make_explainer
+from scorecam_cli.engines import Cluster, EngineJob
 from scorecam_cli.engines import ray as ray_engine
-from scorecam_cli.explainer import Explainer
+from scorecam_cli.explainer import Explainer, build_explainer
 from scorecam_cli.images import find_inputs
 from scorecam_cli.manifest import read_manifest
+from scorecam_cli.spec import ComputeSpec, ExplainSpec, ModelSpec
 from scorecam_cli.writing import Explained, Failure, RunOptions
 
 GOOD = ["a.png", "b.jpg", "sub/c.png", "sub/d.png", "sub/e.png"]
@@ -138,19 +139,14 @@ class CrashingExplainer(Explainer):
 _calls: list[int] = []  # explain() calls in this actor process
 
 
+def tiny_spec(device: str = "cpu", model: str = "tinymodels:tiny") -> ExplainSpec:
+    return ExplainSpec(
+        ModelSpec(model), input_size=(64, 64), compute=ComputeSpec(device, backend="torch")
+    )
+
+
 def crashing_explainer(marker: str, device: str) -> Explainer:
-    opts = {
-        "weighting": "softmax",
-        "batch_size": None,
-        "device": device,
-        "precision": "fp32",
-        "top_channels": 256,
-        "samples": 8,
-        "no_sharing": False,
-        "backend": "torch",
-        "threads": None,
-    }
-    base = make_explainer("tinymodels:tiny", "DEFAULT", None, "64", "scorecam", (), 1, opts)
+    base = build_explainer(tiny_spec(device))
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(Explainer)}
     return CrashingExplainer(**fields, crash_marker=marker)
 
@@ -163,15 +159,8 @@ def test_a_killed_actor_is_restarted_and_every_output_written(
     factory = functools.partial(crashing_explainer, str(marker))
     driver = crashing_explainer(str(tmp_path / "never"), "cpu")
     options = RunOptions(output_dir=out, images_per_batch=1, workers=0)
-    events = list(
-        ray_engine.run(
-            driver,
-            factory,
-            find_inputs([str(folder)]),
-            options,
-            ray_engine.RayOptions(actors=1, device="cpu"),
-        )
-    )
+    job = EngineJob(tiny_spec(), driver, options, Cluster(actors=1))
+    events = list(ray_engine.run(job, find_inputs([str(folder)]), factory=factory))
     assert marker.is_file()  # the actor really died mid-run (on its second of 7 batches)
     explained = Counter(
         Path(e.input).relative_to(folder).as_posix() for e in events if isinstance(e, Explained)
@@ -184,6 +173,20 @@ def test_a_killed_actor_is_restarted_and_every_output_written(
     assert len(list(out.rglob("*.overlay.png"))) == len(GOOD)
     assert not list(out.rglob(".*.tmp"))  # nothing half-written left behind
     assert sorted(e["npy"] for e in read_manifest(out).entries) == npys
+
+
+def test_actors_build_their_explainer_from_the_spec_without_the_cli(
+    cluster: None, folder: Path, tmp_path: Path
+) -> None:
+    """The actors' model refuses to be built where scorecam_cli.cli is imported; this process
+    (the driver, which imported the CLI) builds its own explainer from another spec."""
+    driver = build_explainer(tiny_spec())
+    options = RunOptions(output_dir=tmp_path / "out", workers=0)
+    job = EngineJob(tiny_spec(model="tinymodels:tiny_without_cli"), driver, options)
+    events = list(ray_engine.run(job, find_inputs([str(folder)])))
+    assert sorted(e.input for e in events if isinstance(e, Explained)) == sorted(
+        str(folder / name) for name in GOOD
+    )
 
 
 def test_more_cpu_actors_than_the_cluster_can_hold_is_one_line(
@@ -218,12 +221,9 @@ def test_an_actor_that_cannot_load_the_model_stops_the_run_in_one_line(
 ) -> None:
     driver = crashing_explainer(str(tmp_path / "never"), "cpu")
     options = RunOptions(output_dir=tmp_path / "out", workers=0)
+    job = EngineJob(tiny_spec(), driver, options)
     with pytest.raises(ray_engine.RayFailure) as failure:
-        list(
-            ray_engine.run(
-                driver, no_model_here, find_inputs([str(folder)]), options, ray_engine.RayOptions()
-            )
-        )
+        list(ray_engine.run(job, find_inputs([str(folder)]), factory=no_model_here))
     message = str(failure.value)
     assert "\n" not in message
     assert message.endswith(

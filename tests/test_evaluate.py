@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur as tv_gaussian_blur
 
 from scorecam_cli.cam import CamConfig, compute_cams
-from scorecam_cli.evaluate import (
+from scorecam_cli.faithfulness import (
     average_drop,
     cam_explainer,
     deletion_curve,

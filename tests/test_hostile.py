@@ -19,11 +19,11 @@ from hostile import TINY, cli, errors, images, no_temp_files, one_error_naming, 
 from torch import nn
 
 from scorecam_cli import outputs
-from scorecam_cli.errors import MissingWeights
+from scorecam_cli.errors import WeightsError
 from scorecam_cli.images import InputImage, find_inputs, load_batches
 from scorecam_cli.manifest import read_manifest
 from scorecam_cli.models import load_state_dict_file
-from scorecam_cli.pipeline import _accepted_inputs
+from scorecam_cli.stages import accepted_inputs
 from scorecam_cli.writing import RunOptions
 
 # ------------------------------------------------------------ 1-3: outputs found by what we write
@@ -155,7 +155,7 @@ def test_7_one_scan_per_output_folder(tmp_path, monkeypatch):
     options = RunOptions(output_dir=out, overwrite=True)
     explainer = SimpleNamespace(config=SimpleNamespace(method="scorecam"), classes=[1], top_k=1)
     inputs = [InputImage(tmp_path / f"im{n}.png", Path(f"im{n}.png")) for n in range(300)]
-    accepted = list(_accepted_inputs(inputs, options, explainer))  # type: ignore[arg-type]
+    accepted = list(accepted_inputs(inputs, options, explainer))  # type: ignore[arg-type]
     assert len(accepted) == 300 and calls == [str(out)] * len(calls) and len(calls) <= 2
 
 
@@ -331,13 +331,13 @@ def test_13_decoder_warnings_name_the_file(tmp_path):
 
 def test_13_weights_messages(tmp_path):
     model = nn.Linear(2, 2)
-    with pytest.raises(MissingWeights, match="is a folder"):
+    with pytest.raises(WeightsError, match="is a folder"):
         load_state_dict_file(model, str(tmp_path))
     torch.save({"weight": torch.zeros(2, 2), "extra": torch.zeros(1)}, tmp_path / "w.pt")
-    with pytest.raises(MissingWeights, match=r"missing key\(s\): bias.*unexpected key\(s\): extra"):
+    with pytest.raises(WeightsError, match=r"missing key\(s\): bias.*unexpected key\(s\): extra"):
         load_state_dict_file(model, str(tmp_path / "w.pt"))
     torch.save({"weight": SimpleNamespace()}, tmp_path / "evil.pt", pickle_module=pickle)
-    with pytest.raises(MissingWeights) as refused:
+    with pytest.raises(WeightsError) as refused:
         load_state_dict_file(model, str(tmp_path / "evil.pt"))
     assert "refused" in str(refused.value) and "weights_only" not in str(refused.value)
 

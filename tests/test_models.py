@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scorecam_cli.errors import MissingWeights, UnknownLayer, UnknownModel
+from scorecam_cli.errors import UnknownClass, UnknownLayer, UnknownModel, WeightsError
 from scorecam_cli.layers import LayerRef, default_layer, layer_shape, parse_layer, trace_layers
 from scorecam_cli.models import EMBEDDED_MODEL, available_models, load_model, parse_class
 
@@ -24,7 +24,7 @@ def test_unknown_model_suggests_close_names():
 
 def test_missing_named_weights_name_the_file_to_place(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(MissingWeights) as caught:
+    with pytest.raises(WeightsError) as caught:
         load_model("resnet50", "DEFAULT")
     message = str(caught.value)
     assert "\n" not in message
@@ -33,7 +33,7 @@ def test_missing_named_weights_name_the_file_to_place(tmp_path, monkeypatch):
 
 
 def test_unknown_weights_name_lists_valid_ones():
-    with pytest.raises(MissingWeights, match="IMAGENET1K_V2"):
+    with pytest.raises(WeightsError, match="IMAGENET1K_V2"):
         load_model("resnet50", "IMAGENET9K")
 
 
@@ -51,7 +51,7 @@ def test_weights_path_round_trip(tmp_path):
 def test_weights_path_that_does_not_fit_is_one_line(tmp_path):
     path = tmp_path / "wrong.pth"
     torch.save({"nothing": torch.zeros(1)}, path)
-    with pytest.raises(MissingWeights, match="does not fit"):
+    with pytest.raises(WeightsError, match="does not fit"):
         load_model("resnet18", str(path))
 
 
@@ -103,7 +103,7 @@ def test_parse_class_by_index_and_name():
     categories = load_model(EMBEDDED_MODEL).categories
     assert parse_class("281", categories) == 281
     assert parse_class("Tabby", categories) == 281
-    with pytest.raises(UnknownModel, match="closest"):
+    with pytest.raises(UnknownClass, match="closest"):
         parse_class("tabbby", categories)
 
 

@@ -53,3 +53,13 @@ class Unexportable(TinyNet):
 def unexportable() -> Unexportable:
     """A TinyNet that runs in PyTorch but cannot be exported to ONNX."""
     return Unexportable()
+
+
+def tiny_without_cli() -> TinyNet:
+    """The TinyNet, refusing to be built in a process that imported the CLI (Ray actors must
+    build their explainers from the library alone)."""
+    import sys
+
+    if "scorecam_cli.cli" in sys.modules:
+        raise RuntimeError("scorecam_cli.cli is imported in this process")
+    return TinyNet()

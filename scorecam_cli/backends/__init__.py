@@ -16,7 +16,18 @@ image at batch 1 / 8: eager 15.7 / 24.1, compile 13.3 / 17.4, ONNX Runtime 5.2 /
 
 The export is cached on disk (:mod:`scorecam_cli.backends.cache`); a model that cannot be exported,
 or whose exported logits differ from PyTorch's, runs in PyTorch, announced in one warning line.
-Everything heavy is imported inside functions.
+Threads: one compute pool per process, sized like torch's (OMP_NUM_THREADS, else the cores), set
+explicitly on the backend (intra-op threads; no inter-op pool) so that it does not add a pool of
+its own. While a backend runs the masked passes, torch itself drops to one thread (see
+``scorecam_cli.devices.single_torch_thread``). Images are decoded meanwhile in DataLoader worker
+processes (``--workers``, default 1) that run OpenCV and torch on one thread each: decoding a
+photo takes milliseconds against seconds of masked passes, so compute keeps all cores. Measured
+(the sweep, ``scorecam run sample_images/`` with the default backend): 2 threads 18.1 s with
+``--workers 0`` and 18.4 s with 1, 1 thread 31.7 / 32.4 s: one decode process costs about 2%,
+and keeps decoding off the compute path when images are large or many.
+
+The one table of backends is :data:`scorecam_cli.backends.kinds.KINDS`. Everything heavy is
+imported inside functions.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from scorecam_cli.choices import BACKENDS
+from scorecam_cli.backends.kinds import BACKENDS, KINDS, default_batch_size, default_threads
 from scorecam_cli.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -35,9 +46,10 @@ if TYPE_CHECKING:
 
     from scorecam_cli.cam import ScoreBatch
 
-__all__ = ["BACKENDS", "Backend", "installed", "load_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "KINDS", "Backend", "installed", "load_backend", "resolve_backend"]
 
 log = logging.getLogger("scorecam_cli")
+
 
 # What ``auto`` takes, fastest first, per device type. CPU: measured by benchmarks/sweep.py
 # (results/sweep-cpu.json, exact Score-CAM of coffee.png, 2 threads, best batch): ONNX Runtime
@@ -45,7 +57,6 @@ log = logging.getLogger("scorecam_cli")
 # (results/cpu-quick.json): 5.36 s and 5.77 s. CUDA: PyTorch (channels_last, autocast,
 # out-of-memory halving) until a GPU run measures ONNX Runtime's CUDA provider against it.
 AUTO_ORDER = {"cpu": ("onnxruntime", "openvino", "torch"), "cuda": ("torch",)}
-PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx")}
 INSTALL_HINT = "pip install 'scorecam-cli[fast]'"
 
 
@@ -61,7 +72,9 @@ class Backend:
 
 def installed(name: str) -> bool:
     """Whether the packages backend ``name`` needs are importable (nothing is imported)."""
-    return all(importlib.util.find_spec(pkg) is not None for pkg in PACKAGES.get(name, ()))
+    kind = KINDS.get(name)
+    packages = kind.packages if kind else ()
+    return all(importlib.util.find_spec(pkg) is not None for pkg in packages)
 
 
 def resolve_backend(name: str, device: torch.device, precision: str = "fp32") -> str:
@@ -130,7 +143,6 @@ def load_backend(
     import torch
 
     from scorecam_cli.backends import runtimes
-    from scorecam_cli.backends.defaults import default_batch_size, default_threads
 
     threads = threads or default_threads()
     torch.set_num_threads(threads)

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from scorecam_cli.backends.cache import cache_dir
-from scorecam_cli.backends.runtimes import as_float32
 from scorecam_cli.cam import ScoreBatch
+from scorecam_cli.devices import as_float32
 
 
 def open_openvino(path: Path, device: torch.device, threads: int) -> ScoreBatch:

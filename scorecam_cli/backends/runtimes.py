@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from scorecam_cli.backends.cache import cached_onnx, onnx_path
+from scorecam_cli.backends.kinds import opener
 from scorecam_cli.cam import ScoreBatch
 from scorecam_cli.devices import as_model_input
 
@@ -73,14 +73,7 @@ def _parses_as_onnx(path: Path) -> bool:
 
 
 def _open(backend: str, path: Path, device: torch.device, threads: int) -> ScoreBatch:
-    opener: Callable[[Path, torch.device, int], ScoreBatch]
-    if backend == "onnxruntime":
-        from scorecam_cli.backends.ort_backend import open_onnxruntime as opener
-    elif backend == "openvino":
-        from scorecam_cli.backends.openvino_backend import open_openvino as opener
-    else:
-        raise ValueError(f"no exported backend named {backend!r}")
-    return opener(path, device, threads)
+    return opener(backend)(path, device, threads)
 
 
 def check_logits(
@@ -116,8 +109,3 @@ def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def as_float32(images: Tensor) -> Tensor:
-    """Images (B, 3, H, W) as contiguous float32 NCHW: the tensor itself when it already is."""
-    return images.to(torch.float32).contiguous()

@@ -19,8 +19,8 @@ import click
 
 from scorecam_cli import __version__
 from scorecam_cli.cli.catalog import layers, models
-from scorecam_cli.cli.common import StdoutClosed, log
-from scorecam_cli.cli.evaluate import evaluate
+from scorecam_cli.cli.evaluate import eval_command
+from scorecam_cli.cli.output import StdoutClosed, log
 from scorecam_cli.cli.report import report
 from scorecam_cli.cli.run import run
 
@@ -47,7 +47,7 @@ def main(quiet: bool, verbose: bool) -> None:
     log.propagate = False
 
 
-for _command in (run, evaluate, report, models, layers):
+for _command in (run, eval_command, report, models, layers):
     main.add_command(_command)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from scorecam_cli.cli.common import native_size_hint, parse_input_size, shape_text, user_errors
+from scorecam_cli.cli.common import user_errors
+from scorecam_cli.cli.options import parse_input_size
 
 
 @click.command()
@@ -36,6 +37,7 @@ def layers(model: str, input_size: str | None, show_all: bool) -> None:
     layout (nchw, nhwc, or tokens+P with P prefix tokens), and 'default' on the default.
     With --all, layers it cannot explain are listed too, with their raw shape and layout '-'.
     """
+    from scorecam_cli.explainer import native_size_hint
     from scorecam_cli.layers import pick_default, trace_layers
     from scorecam_cli.models import load_model
 
@@ -51,3 +53,8 @@ def layers(model: str, input_size: str | None, show_all: bool) -> None:
             click.echo(f"{info.ref}\t{shape_text(info.map_shape)}\t{info.layout}{mark}")
         elif show_all:
             click.echo(f"{info.ref}\t{shape_text(info.shape[1:]) or '-'}\t-")
+
+
+def shape_text(shape: tuple[int, ...] | None) -> str:
+    """A map's (C, h, w) as ``CxHxW``; empty for None."""
+    return "x".join(str(v) for v in shape) if shape else ""

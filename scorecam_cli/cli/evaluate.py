@@ -5,25 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from scorecam_cli.choices import METHODS, SCORE_METHODS
-from scorecam_cli.cli.common import (
-    Fatal,
-    cam_options,
-    decode_workers,
-    emit,
-    make_explainer,
-    model_options,
-    progress,
-    report_failure,
-    user_errors,
-    workers_option,
-)
+from scorecam_cli.cli.common import Fatal, user_errors
+from scorecam_cli.cli.options import cam_options, decode_workers, model_options, workers_option
+from scorecam_cli.cli.output import emit, progress, report_failure
 from scorecam_cli.cli.scale import shard_option
+from scorecam_cli.spec import CamConfig, ComputeSpec, ExplainSpec, LayerSpec, ModelSpec
 
 
 @click.command(name="eval")
@@ -69,13 +60,12 @@ from scorecam_cli.cli.scale import shard_option
 @workers_option
 @shard_option
 @click.pass_context
-def evaluate(
+def eval_command(
     ctx: click.Context,
     inputs: tuple[str, ...],
-    model: str,
-    weights: str,
-    layer: str | None,
-    input_size: str | None,
+    model: ModelSpec,
+    layer: LayerSpec,
+    input_size: tuple[int, int] | None,
     methods: tuple[str, ...],
     class_names: tuple[str, ...],
     steps: int,
@@ -84,7 +74,8 @@ def evaluate(
     image_batch: int,
     workers: int | None,
     shard: Any,
-    **opts: Any,
+    cam: CamConfig,
+    compute: ComputeSpec,
 ) -> None:
     """Measure how faithful each method's maps are on INPUTS.
 
@@ -97,16 +88,21 @@ def evaluate(
     Insertion AUC: start from a Gaussian-blurred copy (kernel 11, sigma 5) and put the original
       pixels back, most salient first; area under the probability curve. Higher is better.
     """
-    from scorecam_cli.eval_pipeline import evaluate as evaluate_inputs
+    from scorecam_cli.evaluation import evaluate_methods
+    from scorecam_cli.events import Failure
+    from scorecam_cli.explainer import build_explainer
     from scorecam_cli.images import find_inputs
     from scorecam_cli.shards import in_shard
-    from scorecam_cli.writing import Failure, RunOptions
+    from scorecam_cli.writing import DecodeOptions
 
     chosen = methods or ("scorecam", "gradcam")
-    masked = any(method in SCORE_METHODS for method in chosen)
-    explainer = make_explainer(
-        model, weights, layer, input_size, chosen[0], class_names[:1], 1, opts, masked
+    # The explainer's own method decides whether a backend is loaded for the masked passes.
+    first = next((m for m in chosen if m in SCORE_METHODS), chosen[0])
+    spec = ExplainSpec(
+        model, layer, dataclasses.replace(cam, method=first), compute, input_size, class_names[:1]
     )
+    with user_errors():
+        explainer = build_explainer(spec)
     configs = [dataclasses.replace(explainer.config, method=method) for method in chosen]
     failed = 0
 
@@ -120,19 +116,15 @@ def evaluate(
                 bar.clear()
                 report_failure(event)
 
-        options = RunOptions(
-            output_dir=Path("."),
-            images_per_batch=image_batch,
-            workers=decode_workers(workers, inputs, image_batch),
-        )
+        decode = DecodeOptions(image_batch, decode_workers(workers, inputs, image_batch))
         with user_errors():
-            reports = evaluate_inputs(
+            reports = evaluate_methods(
                 explainer,
                 configs,
                 in_shard(find_inputs(inputs, sys.stdin), shard),
                 steps=steps,
                 sanity=sanity,
-                options=options,
+                decode=decode,
                 on_event=on_event,
             )
     if not reports:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from scorecam_cli.cli.common import emit, user_errors
+from scorecam_cli.cli.common import user_errors
+from scorecam_cli.cli.output import emit
 
 log = logging.getLogger("scorecam_cli")
 

@@ -9,31 +9,29 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from scorecam_cli.choices import METHODS
-from scorecam_cli.cli.common import (
+from scorecam_cli.cli.common import Fatal, UsageFailure, user_errors
+from scorecam_cli.cli.options import (
     METHOD_HELP,
-    Fatal,
-    UsageFailure,
     cam_options,
     decode_workers,
-    emit,
     model_options,
-    progress,
-    report_failure,
     workers_option,
 )
+from scorecam_cli.cli.output import emit, progress, report_failure
 from scorecam_cli.cli.report import write_report
-from scorecam_cli.cli.scale import ScaleOptions, driver_explainer, events, scale_options
+from scorecam_cli.cli.scale import ScaleOptions, scale_options
+from scorecam_cli.spec import CamConfig, ComputeSpec, ExplainSpec, LayerSpec, ModelSpec
 
 if TYPE_CHECKING:
-    from scorecam_cli.pipeline import StopRequest
-    from scorecam_cli.writing import MapRecord
+    from scorecam_cli.events import MapRecord
+    from scorecam_cli.stages import StopRequest
 
 log = logging.getLogger("scorecam_cli")
 
@@ -110,10 +108,9 @@ def run(
     ctx: click.Context,
     inputs: tuple[str, ...],
     output: Path,
-    model: str,
-    weights: str,
-    layer: str | None,
-    input_size: str | None,
+    model: ModelSpec,
+    layer: LayerSpec,
+    input_size: tuple[int, int] | None,
     method: str,
     class_names: tuple[str, ...],
     top_k: int,
@@ -130,7 +127,9 @@ def run(
     max_file_mb: float,
     max_pixels: int,
     null: bool,
-    **opts: Any,
+    cam: CamConfig,
+    compute: ComputeSpec,
+    scale: ScaleOptions,
 ) -> None:
     """Explain images and write overlay PNGs and raw .npy maps under OUTPUT.
 
@@ -146,9 +145,12 @@ def run(
     interrupted (every map written so far is reported first), 141 when stdout was closed.
     """
     from scorecam_cli import render
+    from scorecam_cli.engines import EngineJob, engine
+    from scorecam_cli.events import Explained, RunTally, Skipped
     from scorecam_cli.images import IMAGE_SUFFIXES, Limits, find_inputs
-    from scorecam_cli.pipeline import StopRequest
-    from scorecam_cli.writing import Explained, RunOptions, Skipped
+    from scorecam_cli.shards import in_shard
+    from scorecam_cli.stages import StopRequest
+    from scorecam_cli.writing import RunOptions
 
     try:
         render.colormap_id(colormap)
@@ -158,19 +160,15 @@ def run(
         raise UsageFailure(f"--alpha must be a number between 0 and 1, got {alpha}")
     if skip_existing and overwrite:
         raise click.UsageError("give either --skip-existing or --overwrite, not both")
+    if class_names and top_k != 1:
+        raise click.UsageError("give either --class or --top-k, not both")
     check_writable(output)
-    scale = ScaleOptions.pop(opts)
-    rebuild: dict[str, Any] = dict(
-        model=model,
-        weights=weights,
-        layer=layer,
-        input_size=input_size,
-        method=method,
-        class_names=class_names,
-        top_k=top_k,
-        opts=opts,
+    spec = ExplainSpec(
+        model, layer, replace(cam, method=method), compute, input_size, class_names, top_k
     )
-    explainer = driver_explainer(**rebuild, scale=scale)
+    chosen = engine(scale.engine)
+    with user_errors():
+        explainer = chosen.driver_explainer(spec)
     limits = Limits(
         max_file_bytes=int(max_file_mb * 2**20),
         max_pixels=max_pixels,
@@ -189,43 +187,33 @@ def run(
         fail_fast=fail_fast,
         **scale.run_options(),
     )
-    counts = {"maps": 0, "failed": 0, "skipped": 0, "passes": 0, "saved": 0}
+    job = EngineJob(spec, explainer, options, scale.cluster())
+    tally = RunTally()
     stop = StopRequest()
     end = "\0" if null else "\n"
-    inputs_found = find_inputs(inputs, sys.stdin, null=null)
-    with progress() as bar, _interrupts(stop):
-        for event in events(scale, explainer, inputs_found, options, rebuild, stop):
+    inputs_found = in_shard(find_inputs(inputs, sys.stdin, null=null), scale.shard)
+    with progress() as bar, _interrupts(stop), user_errors():
+        for event in chosen.run(job, inputs_found, stop):
             bar.update(1)
+            tally.add(event)
             if isinstance(event, Explained):
                 for record in event.records:
                     emit(format_record(record, record_format, null), end)
-                counts["maps"] += len(event.records)
-                counts["passes"] += event.records[0].forward_passes if event.records else 0
-                counts["saved"] += event.records[0].forward_passes_saved if event.records else 0
-            elif isinstance(event, Skipped):
-                counts["skipped"] += 1
-            else:
-                counts["failed"] += 1
-                counts["passes"] += event.forward_passes
-                counts["saved"] += event.forward_passes_saved
+            elif not isinstance(event, Skipped):
                 bar.clear()
                 report_failure(event)
-    log.info(
-        "%(maps)d maps written, %(failed)d inputs failed, %(skipped)d skipped; masked forward "
-        "passes: %(passes)d run, %(saved)d saved by sharing identical masks",
-        counts,
-    )
+    log.info("%s", tally.summary())
     if stop.requested:
         log.warning("interrupted: the maps above were written; --skip-existing resumes the run")
         ctx.exit(130)
-    if scale.shard is None and not any(counts[k] for k in ("maps", "failed", "skipped")):
+    if scale.shard is None and not tally.inputs:
         raise Fatal(
             f"no input images in {' '.join(inputs)} (image files end in one of: "
             f"{', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))})"
         )
     if make_report:
         log.info("report: %s", write_report(output))
-    ctx.exit(1 if counts["failed"] else 0)
+    ctx.exit(1 if tally.failed else 0)
 
 
 @contextmanager

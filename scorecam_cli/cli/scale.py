@@ -4,23 +4,19 @@
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from scorecam_cli.choices import ENGINES, NPY_DTYPES, NPY_SIZES
-from scorecam_cli.cli.common import Fatal, make_explainer
+from scorecam_cli.choices import NPY_DTYPES, NPY_SIZES
+from scorecam_cli.cli.common import option_group
+from scorecam_cli.engines import ENGINES
 
 if TYPE_CHECKING:
-    from scorecam_cli.explainer import Explainer
-    from scorecam_cli.images import InputImage
-    from scorecam_cli.pipeline import StopRequest
+    from scorecam_cli.engines import Cluster
     from scorecam_cli.shards import Shard
-    from scorecam_cli.writing import Event, RunOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,13 +49,38 @@ def shard_option(function: F) -> F:
     )(function)
 
 
-def scale_options(function: F) -> F:
-    """The options of ``run`` for sharding, the engine and the stored maps."""
-    options = [
+@dataclass(frozen=True)
+class ScaleOptions:
+    """--shard, --engine, --ray-address, --actors, --npy-size and --npy-dtype."""
+
+    shard: Shard | None
+    engine: str
+    ray_address: str | None
+    actors: int
+    npy_size: str
+    npy_dtype: str
+
+    def run_options(self) -> dict[str, Any]:
+        """The RunOptions fields these options set."""
+        from scorecam_cli.manifest import MANIFEST_NAME, part_name
+
+        shard = self.shard
+        name = part_name(shard.index, shard.count) if shard else MANIFEST_NAME
+        return {"manifest_name": name, "npy_size": self.npy_size, "npy_dtype": self.npy_dtype}
+
+    def cluster(self) -> Cluster:
+        from scorecam_cli.engines import Cluster
+
+        return Cluster(self.ray_address, self.actors)
+
+
+scale_options = option_group(
+    lambda **values: {"scale": ScaleOptions(**values)},
+    [
         shard_option,
         click.option(
             "--engine",
-            type=click.Choice(ENGINES),
+            type=click.Choice(list(ENGINES)),
             default="local",
             show_default=True,
             help="local: this process. ray: a Ray cluster (extra scorecam-cli[ray]); decoding "
@@ -94,90 +115,7 @@ def scale_options(function: F) -> F:
             show_default=True,
             help="Number type of the .npy map (float16: half the bytes, ~3 digits).",
         ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-@dataclass(frozen=True)
-class ScaleOptions:
-    shard: Shard | None
-    engine: str
-    ray_address: str | None
-    actors: int
-    npy_size: str
-    npy_dtype: str
-
-    @classmethod
-    def pop(cls, opts: dict[str, Any]) -> ScaleOptions:
-        """Take this group's values out of a command's ``**opts``."""
-        return cls(**{name: opts.pop(name) for name in cls.__dataclass_fields__})
-
-    def run_options(self) -> dict[str, Any]:
-        """The RunOptions fields these options set."""
-        from scorecam_cli.manifest import MANIFEST_NAME, part_name
-
-        shard = self.shard
-        name = part_name(shard.index, shard.count) if shard else MANIFEST_NAME
-        return {"manifest_name": name, "npy_size": self.npy_size, "npy_dtype": self.npy_dtype}
-
-
-def driver_explainer(scale: ScaleOptions, **rebuild: Any) -> Explainer:
-    """The explainer of this process, from make_explainer's arguments ``rebuild``: on the CPU
-    for the Ray engine's driver (the actors hold the model on their own devices), else where
-    ``--device`` says."""
-    driver = scale.engine == "ray"
-    opts = {**rebuild["opts"], "device": "cpu"} if driver else rebuild["opts"]
-    # the Ray engine's actors check the precision on their own devices
-    return make_explainer(**{**rebuild, "opts": opts}, check_precision=not driver)
-
-
-def events(
-    scale: ScaleOptions,
-    explainer: Explainer,
-    inputs: Iterable[InputImage],
-    options: RunOptions,
-    rebuild: dict[str, Any],
-    stop: StopRequest | None = None,
-) -> Iterator[Event]:
-    """The chosen engine's events; ``rebuild`` holds make_explainer's arguments for the actors.
-    ``stop`` ends the run early (Ctrl-C): the local engine after reporting every map written,
-    the Ray engine at the next input it hears of."""
-    from scorecam_cli.pipeline import run as run_local
-    from scorecam_cli.shards import in_shard
-
-    if scale.engine == "local":
-        yield from run_local(explainer, in_shard(inputs, scale.shard), options, stop)
-        return
-    from scorecam_cli.engines import ray as ray_engine
-    from scorecam_cli.errors import ScoreCamError
-
-    factory = functools.partial(_actor_explainer, {**rebuild, "layer": str(explainer.layer)})
-    ray_options = ray_engine.RayOptions(
-        address=scale.ray_address,
-        actors=scale.actors,
-        device=rebuild["opts"]["device"],
-        env_vars=_worker_env(),
-    )
-    try:
-        for event in ray_engine.run(
-            explainer, factory, in_shard(inputs, scale.shard), options, ray_options
-        ):
-            yield event
-            if stop is not None and stop.requested:  # Ctrl-C: stop at the next finished input
-                return
-    except (ScoreCamError, ValueError) as exc:
-        raise Fatal(str(exc)) from None
-
-
-def _actor_explainer(rebuild: dict[str, Any], device: str) -> Explainer:
-    """make_explainer inside a Ray actor, on the device the actor was given."""
-    opts = {**rebuild["opts"], "device": device}
-    return make_explainer(**{**rebuild, "opts": opts})
-
-
-def _worker_env() -> dict[str, str]:
-    """PYTHONPATH for workers of a local cluster: ours, and this folder (``module:factory``)."""
-    paths = [os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
-    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    ],
+)
+"""The options of ``run`` for sharding, the engine and the stored maps -> the argument ``scale``
+(ScaleOptions)."""

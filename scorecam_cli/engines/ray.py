@@ -3,9 +3,10 @@
 The driver (this process) finds the inputs and applies ``--skip-existing`` / ``--overwrite`` as
 the local engine does; the inputs left become a Ray Dataset. Decoding runs as Ray tasks; the
 model runs in a pool of actors (``map_batches`` with a callable class: one model load per actor,
-one GPU each on a GPU cluster). Each actor explains its batches and writes the outputs itself
-(atomic writes, to ``OUT`` on a file system every node shares) with
-:func:`scorecam_cli.pipeline.explain_batch`, and sends back one event per input. The driver
+one GPU each on a GPU cluster). Each actor builds its explainer from the job's spec
+(:func:`scorecam_cli.explainer.build_explainer`, on its own device), explains its batches and
+writes the outputs itself (atomic writes, to ``OUT`` on a file system every node shares) with
+:func:`scorecam_cli.stages.explain_batch`, and sends back one event per input. The driver
 yields those events as they arrive (completion order, not input order) and appends the manifest,
 so stdout records, manifest lines, per-file errors and exit codes are those of the local engine.
 Unlike the local engine, a map's manifest line follows its ``.npy`` (written by an actor, listed
@@ -18,24 +19,30 @@ times. Ray is imported only here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from scorecam_cli import pipeline
+from scorecam_cli.engines import Cluster, EngineJob
 from scorecam_cli.errors import ScoreCamError
-from scorecam_cli.explainer import Explainer
+from scorecam_cli.events import Event, Explained, Failure
+from scorecam_cli.explainer import Explainer, build_explainer
 from scorecam_cli.images import InputImage, Limits, LoadedImage, load_image
 from scorecam_cli.manifest import ManifestWriter, entry_from_record
-from scorecam_cli.writing import Event, Explained, Failure, RunOptions
+from scorecam_cli.spec import ExplainSpec
+from scorecam_cli.stages import StopRequest, accepted_inputs, explain_batch, run_settings
+from scorecam_cli.writing import RunOptions
+
+__all__ = ["RayFailure", "RayUnavailable", "actor_explainer", "driver_explainer", "run"]
 
 # Builds the explainer inside an actor, on the device it is given ("cuda" or "cpu").
 ExplainerFactory = Callable[[str], Explainer]
@@ -49,43 +56,54 @@ class RayFailure(ScoreCamError):
     """The cluster could not finish the run (e.g. an actor could not load the model)."""
 
 
-@dataclass(frozen=True)
-class RayOptions:
-    """Where the cluster is and how many model actors to run."""
+def driver_explainer(spec: ExplainSpec) -> Explainer:
+    """The driver's explainer, on the CPU: it decides what to skip and gives the size and the
+    normalisation (the actors hold the model on their own devices and check the precision)."""
+    return build_explainer(_on_device(spec, "cpu"), check_precision=False)
 
-    address: str | None = None  # None: start a local cluster (or use the one this process has)
-    actors: int = 1
-    device: str = "auto"  # auto | cpu | cuda | cuda:N; actors on CUDA get one GPU each
-    env_vars: dict[str, str] = field(default_factory=dict)  # for workers of a cluster we start
+
+def actor_explainer(spec: ExplainSpec, device: str) -> Explainer:
+    """An actor's explainer: ``spec`` on the ``device`` the actor was given."""
+    return build_explainer(_on_device(spec, device))
+
+
+def _on_device(spec: ExplainSpec, device: str) -> ExplainSpec:
+    return replace(spec, compute=replace(spec.compute, device=device))
 
 
 def run(
-    explainer: Explainer,
-    factory: ExplainerFactory,
+    job: EngineJob,
     inputs: Iterable[InputImage],
-    options: RunOptions,
-    ray_options: RayOptions,
+    stop: StopRequest | None = None,
+    factory: ExplainerFactory | None = None,
 ) -> Iterator[Event]:
     """Explain ``inputs`` on a Ray cluster: one event per input, as each batch finishes.
 
-    ``explainer`` (on this process, any device) decides what to skip and gives the size and
-    normalisation; ``factory`` builds the actors' own explainers (same model and settings).
+    ``job.explainer`` (this process's) decides what to skip and gives the size and
+    normalisation; the actors build theirs from ``job.spec`` with the driver's layer (or with
+    ``factory(device)``, for tests). ``stop`` ends the run at the next finished input.
     """
     ray = _import_ray()
+    explainer, options = job.explainer, job.options
+    if factory is None:
+        layer = replace(job.spec.layer, name=str(explainer.layer))
+        factory = functools.partial(actor_explainer, replace(job.spec, layer=layer))
     todo: list[InputImage] = []
-    for item in pipeline._accepted_inputs(inputs, options, explainer):
+    for item in accepted_inputs(inputs, options, explainer):
         if isinstance(item, InputImage):
             todo.append(item)
         else:
             yield item
     if not todo:
         return
-    settings = pipeline.run_settings(explainer, options)
+    settings = run_settings(explainer, options)
+    device = job.spec.compute.device
     with (
-        _cluster(ray, ray_options),
+        _cluster(ray, job.cluster),
         ManifestWriter(options.output_dir / options.manifest_name) as manifest,
     ):
-        for row in _rows(ray, _dataset(ray, explainer, factory, todo, options, ray_options)):
+        dataset = _dataset(ray, explainer, factory, todo, options, job.cluster, device)
+        for row in _rows(ray, dataset):
             event: Event = pickle.loads(row["event"])
             if isinstance(event, Explained):
                 for record in event.records:
@@ -95,6 +113,8 @@ def run(
                         )
                     )
             yield event
+            if stop is not None and stop.requested:  # Ctrl-C: stop at the next finished input
+                return
 
 
 def _rows(ray: Any, dataset: Any) -> Iterator[dict[str, Any]]:
@@ -128,18 +148,18 @@ def _quiet_ray_console() -> None:
 
 
 @contextmanager
-def _cluster(ray: Any, ray_options: RayOptions) -> Iterator[None]:
-    """Connect to ``address`` or start a local cluster, unless this process is already connected;
-    a cluster started here is shut down on exit. Worker logs stay out of our stdout."""
+def _cluster(ray: Any, cluster: Cluster) -> Iterator[None]:
+    """Connect to ``cluster.address`` or start a local cluster, unless this process is already
+    connected; a cluster started here is shut down on exit. Worker logs stay out of our
+    stdout."""
     if ray.is_initialized():
         yield
         return
-    runtime_env = {"env_vars": ray_options.env_vars} if ray_options.env_vars else None
     ray.init(
-        address=ray_options.address,
+        address=cluster.address,
         log_to_driver=False,
         include_dashboard=False,
-        runtime_env=runtime_env,
+        runtime_env={"env_vars": _worker_env()},
         logging_level=logging.getLogger("ray").getEffectiveLevel(),
     )
     try:
@@ -148,19 +168,26 @@ def _cluster(ray: Any, ray_options: RayOptions) -> Iterator[None]:
         ray.shutdown()
 
 
+def _worker_env() -> dict[str, str]:
+    """PYTHONPATH for workers of a local cluster: ours, and this folder (``module:factory``)."""
+    paths = [os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def _dataset(
     ray: Any,
     explainer: Explainer,
     factory: ExplainerFactory,
     todo: list[InputImage],
     options: RunOptions,
-    ray_options: RayOptions,
+    cluster: Cluster,
+    device: str,
 ) -> Any:
     """inputs -> decoded rows (Ray tasks) -> events, one row each (the actor pool)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI draws its own bar of events
-    gpus = _gpus_per_actor(ray, ray_options)
-    _check_room(ray, ray_options.actors, gpus)
+    gpus = _gpus_per_actor(ray, device)
+    _check_room(ray, cluster.actors, gpus)
     prep = explainer.model.preprocessing
     rows = [
         {"index": n, "path": os.fsencode(item.path), "relative": os.fsencode(item.relative)}
@@ -182,7 +209,7 @@ def _dataset(
         fn_constructor_args=(factory, "cuda" if gpus else "cpu", options, os.getcwd()),
         batch_size=options.images_per_batch,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=ray_options.actors),
+        compute=ray.data.ActorPoolStrategy(size=cluster.actors),
         num_cpus=1,
         num_gpus=gpus,
         # Ray Data's actor defaults do the fault tolerance: max_restarts=-1 (a dead actor comes
@@ -191,11 +218,11 @@ def _dataset(
     )
 
 
-def _gpus_per_actor(ray: Any, ray_options: RayOptions) -> int:
+def _gpus_per_actor(ray: Any, device: str) -> int:
     """1 for CUDA actors (``--device cuda*``, or ``auto`` on a cluster with GPUs), else 0."""
-    if ray_options.device.startswith("cuda"):
+    if device.startswith("cuda"):
         return 1
-    if ray_options.device == "auto":
+    if device == "auto":
         return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     return 0
 
@@ -266,7 +293,7 @@ class MapActor:
             good.append(LoadedImage(int(index), item, tensor, pixels, None))
         if good:
             images = torch.stack([g.tensor for g in good if g.tensor is not None])  # (N, 3, H, W)
-            events.extend(pipeline.explain_batch(self.explainer, good, images, self.options))
+            events.extend(explain_batch(self.explainer, good, images, self.options))
         out = np.empty(len(events), dtype=object)
         out[:] = [pickle.dumps(event) for event in events]
         return {"event": out}

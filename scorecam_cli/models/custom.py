@@ -12,7 +12,7 @@ import inspect
 
 from torch import nn
 
-from scorecam_cli.errors import MissingWeights, UnknownModel, UnsupportedModel, first_line
+from scorecam_cli.errors import UnknownModel, UnsupportedModel, WeightsError, first_line
 from scorecam_cli.models.base import (
     LoadedModel,
     Preprocessing,
@@ -38,7 +38,7 @@ def load_custom(name: str, spec: str) -> LoadedModel:
         raise UnsupportedModel(f"{name} returned a {type(module).__name__}, not a torch nn.Module")
     if spec not in {"DEFAULT", "none"}:
         if not is_path(spec):
-            raise MissingWeights(f"a custom model takes --weights PATH, not {spec!r}")
+            raise WeightsError(f"a custom model takes --weights PATH, not {spec!r}")
         load_state_dict_file(module, spec)
     label = spec if spec not in {"DEFAULT", "none"} else "factory"
     return LoadedModel(name, module, Preprocessing(), None, label)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from scorecam_cli.errors import MissingWeights
+from scorecam_cli.errors import WeightsError
 from scorecam_cli.models.base import (
-    EMBEDDED_MODEL,
     LoadedModel,
     Preprocessing,
     imagenet_categories,
     is_path,
     load_state_dict_file,
 )
+from scorecam_cli.spec import EMBEDDED_MODEL
 
 
 def load_embedded(spec: str) -> LoadedModel:
@@ -29,7 +29,7 @@ def load_embedded(spec: str) -> LoadedModel:
         load_state_dict_file(module, spec)
         label, categories = spec, imagenet_categories()
     else:
-        raise MissingWeights(f"{EMBEDDED_MODEL} has weights DEFAULT, none or a PATH, not {spec!r}")
+        raise WeightsError(f"{EMBEDDED_MODEL} has weights DEFAULT, none or a PATH, not {spec!r}")
     # The TF-Lite originals take pixels as (x - 127) / 128, i.e. mean = std = 0.5 on [0, 1].
     prep = Preprocessing((224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return LoadedModel(EMBEDDED_MODEL, module, prep, categories, label)

@@ -11,7 +11,7 @@ import fnmatch
 from types import ModuleType
 from typing import Any
 
-from scorecam_cli.errors import MissingWeights, UnknownModel
+from scorecam_cli.errors import UnknownModel, WeightsError
 from scorecam_cli.models.base import (
     LoadedModel,
     Preprocessing,
@@ -62,9 +62,7 @@ def load_timm(name: str, spec: str) -> LoadedModel:
         )
     elif spec != "none":
         if not is_path(spec):
-            raise MissingWeights(
-                f"a timm model takes --weights DEFAULT, none or PATH, not {spec!r}"
-            )
+            raise WeightsError(f"a timm model takes --weights DEFAULT, none or PATH, not {spec!r}")
         load_state_dict_file(module, spec)
         label, categories = spec, _names(module)
     config = timm.data.resolve_model_data_config(module)
@@ -83,7 +81,7 @@ def _cached_weights_file(name: str, cfg: Any) -> str:
         cfg.get("hf_hub_id") if isinstance(cfg, dict) else None
     )
     if not repo:
-        raise MissingWeights(
+        raise WeightsError(
             f"timm model {name} has no pretrained weights on the Hugging Face hub; "
             "pass --weights PATH or --weights none"
         )
@@ -91,7 +89,7 @@ def _cached_weights_file(name: str, cfg: Any) -> str:
         found = try_to_load_from_cache(repo, filename)
         if isinstance(found, str):
             return found
-    raise MissingWeights(
+    raise WeightsError(
         f"timm weights of {name} are not in the Hugging Face cache {constants.HF_HUB_CACHE}: "
         f"download {_WEIGHT_FILES[0]} of repo {repo} there (huggingface-cli download {repo}), "
         "or pass --weights PATH or --weights none"

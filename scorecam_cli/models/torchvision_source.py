@@ -10,9 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from scorecam_cli.errors import MissingWeights, UnknownModel, first_line
+from scorecam_cli.errors import UnknownModel, WeightsError, first_line
 from scorecam_cli.models.base import (
-    EMBEDDED_MODEL,
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoadedModel,
@@ -20,6 +19,7 @@ from scorecam_cli.models.base import (
     is_path,
     load_state_dict_file,
 )
+from scorecam_cli.spec import EMBEDDED_MODEL
 
 
 def torchvision_names() -> list[str]:
@@ -50,7 +50,7 @@ def load_torchvision(name: str, spec: str) -> LoadedModel:
         enum = enums.DEFAULT if spec == "DEFAULT" else enums[spec]
     except KeyError:
         valid = ", ".join(["DEFAULT", *(e.name for e in enums), "none", "PATH"])
-        raise MissingWeights(f"{name} has no weights {spec!r}; choose one of {valid}") from None
+        raise WeightsError(f"{name} has no weights {spec!r}; choose one of {valid}") from None
     # Built as the weights need (ViT SWAG weights fix a larger image size), then filled from the
     # cache: get_model(weights=enum) would try the network.
     module = _build(name, **_builder_args(name, enum))
@@ -89,7 +89,7 @@ def _cached_state_dict(name: str, enum: Any) -> dict[str, torch.Tensor]:
     try:
         state: dict[str, torch.Tensor] = enum.get_state_dict(progress=False, check_hash=False)
     except Exception as exc:
-        raise MissingWeights(
+        raise WeightsError(
             f"weights {name} {enum.name} are not cached and could not be downloaded "
             f"({first_line(exc)}): place {path.name} (from {enum.url}) at {path}, "
             f"or pass --weights PATH or --weights none"

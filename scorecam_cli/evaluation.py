@@ -1,4 +1,5 @@
-"""Glue for ``scorecam eval``: stream inputs -> each method's maps -> faithfulness metrics."""
+"""``scorecam eval``'s library half: stream inputs -> each method's maps -> faithfulness metrics
+(and the sanity check), every map from the one :class:`~scorecam_cli.explainer.Explainer`."""
 
 from __future__ import annotations
 
@@ -8,19 +9,20 @@ from dataclasses import dataclass
 import torch
 
 from scorecam_cli.cam import CamConfig
-from scorecam_cli.evaluate import (
+from scorecam_cli.events import NOT_FINITE, Event, Explained, Failure
+from scorecam_cli.explainer import Explainer
+from scorecam_cli.faithfulness import (
     Curve,
+    Explain,
     Faithfulness,
     FaithfulnessScores,
-    cam_explainer,
     faithfulness_scores,
     summarise,
 )
-from scorecam_cli.explainer import Explainer
 from scorecam_cli.images import InputImage
-from scorecam_cli.pipeline import decoded_batches
 from scorecam_cli.sanity import SanityStep, merge_sanity, sanity_check
-from scorecam_cli.writing import NOT_FINITE, Event, Explained, Failure, RunOptions
+from scorecam_cli.stages import decoded_batches
+from scorecam_cli.writing import DecodeOptions
 
 
 @dataclass(frozen=True)
@@ -32,17 +34,17 @@ class MethodReport:
     sanity: list[SanityStep] | None
 
 
-def evaluate(
+def evaluate_methods(
     explainer: Explainer,
     configs: Sequence[CamConfig],
     inputs: Iterable[InputImage],
     *,
     steps: int,
     sanity: bool,
-    options: RunOptions,
+    decode: DecodeOptions,
     on_event: Callable[[Event], None],
 ) -> list[MethodReport]:
-    """Measure each method's maps on every input (see :mod:`scorecam_cli.evaluate`).
+    """Measure each method's maps on every input (see :mod:`scorecam_cli.faithfulness`).
 
     The target of each image is the explainer's first class, or its top-1 class. ``on_event``
     hears of every input as it is done (Explained with no records, or Failure).
@@ -50,8 +52,7 @@ def evaluate(
     scores: dict[str, list[FaithfulnessScores]] = {c.method: [] for c in configs}
     checks: dict[str, list[list[SanityStep]]] = {c.method: [] for c in configs}
     model = explainer.model.module
-    backend = (model, explainer.score_batch) if explainer.score_batch else None
-    for failures, good, batch in decoded_batches(explainer, inputs, options):
+    for failures, good, batch in decoded_batches(explainer, inputs, decode):
         for failure in failures:
             on_event(failure)
         if batch is None:
@@ -60,8 +61,7 @@ def evaluate(
         targets, finite = _eval_targets(explainer, images)  # (N,), (N,) bool
         saliencies = {}
         for config in configs:
-            explain = cam_explainer(explainer.layer, targets, config, backend)
-            saliencies[config.method] = explain(model, images)  # (N, H, W)
+            saliencies[config.method] = explainer.saliency(images, targets, config)  # (N, H, W)
             finite &= torch.isfinite(saliencies[config.method].flatten(1)).all(dim=1)
         kept = finite.nonzero().flatten()  # (M,): only finite logits and maps are measured
         images, targets = images[kept], targets[kept]
@@ -78,7 +78,7 @@ def evaluate(
             scores[config.method].append(measured)
             finite[kept] &= _finite_scores(measured)
             if sanity:
-                explain = cam_explainer(explainer.layer, targets, config, backend)
+                explain = _fixed_targets(explainer, targets, config)
                 checks[config.method].append(sanity_check(model, images, explain))
         final = finite[kept]  # (M,): images whose every score is finite too
         if len(kept) and not bool(final.all()):
@@ -103,14 +103,19 @@ def evaluate(
 def _eval_targets(explainer: Explainer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The class each image is judged on (N,): the first --class, or the model's top-1; and
     which images have finite logits (N,) bool (the others are failed, never measured)."""
-    with torch.inference_mode():
-        logits = explainer.model.module(images)  # (N, C)
+    logits = explainer.logits(images)  # (N, C)
     finite = torch.isfinite(logits.float()).all(dim=1).clone()
     if explainer.classes:
         targets = torch.full((len(images),), explainer.classes[0], device=images.device)
     else:
         targets = torch.nan_to_num(logits.float()).argmax(dim=1)
     return targets.clone(), finite
+
+
+def _fixed_targets(explainer: Explainer, targets: torch.Tensor, config: CamConfig) -> Explain:
+    """``explain(module, images)`` -> maps (N, H, W) of ``targets`` (N,), for the sanity check:
+    its randomised copies of the model run their own passes in PyTorch."""
+    return lambda module, images: explainer.saliency(images, targets, config, module)
 
 
 def _finite_scores(scores: FaithfulnessScores) -> torch.Tensor:

@@ -21,7 +21,7 @@ from scorecam_cli.faithfulness import (
 )
 from scorecam_cli.images import InputImage
 from scorecam_cli.sanity import SanityStep, merge_sanity, sanity_check
-from scorecam_cli.stages import decoded_batches
+from scorecam_cli.stages import decoded_batches, model_failure
 from scorecam_cli.writing import DecodeOptions
 
 
@@ -51,40 +51,22 @@ def evaluate_methods(
     """
     scores: dict[str, list[FaithfulnessScores]] = {c.method: [] for c in configs}
     checks: dict[str, list[list[SanityStep]]] = {c.method: [] for c in configs}
-    model = explainer.model.module
     for failures, good, batch in decoded_batches(explainer, inputs, decode):
         for failure in failures:
             on_event(failure)
         if batch is None:
             continue
-        images = batch.to(explainer.device)  # (N, 3, H, W)
-        targets, finite = _eval_targets(explainer, images)  # (N,), (N,) bool
-        saliencies = {}
-        for config in configs:
-            saliencies[config.method] = explainer.saliency(images, targets, config)  # (N, H, W)
-            finite &= torch.isfinite(saliencies[config.method].flatten(1)).all(dim=1)
-        kept = finite.nonzero().flatten()  # (M,): only finite logits and maps are measured
-        images, targets = images[kept], targets[kept]
-        for config in configs if len(kept) else []:
-            measured = faithfulness_scores(
-                model,
-                images,
-                saliencies[config.method][kept],  # (M, H, W)
-                targets,
-                steps=steps,
-                batch_size=config.batch_size,
-                precision=config.precision,
-            )
-            scores[config.method].append(measured)
-            finite[kept] &= _finite_scores(measured)
-            if sanity:
-                explain = _fixed_targets(explainer, targets, config)
-                checks[config.method].append(sanity_check(model, images, explain))
-        final = finite[kept]  # (M,): images whose every score is finite too
-        if len(kept) and not bool(final.all()):
-            for batches in scores.values():
-                if batches:
-                    batches[-1] = _subset(batches[-1], final)
+        try:
+            measured, sane, finite = _measure(explainer, configs, batch, steps, sanity)
+        except Exception as exc:  # the model failed on this batch: its inputs fail, one line each
+            reason = model_failure(exc)
+            for item in good:
+                on_event(Failure(str(item.input.path), reason))
+            continue
+        for method, part in measured.items():
+            scores[method].append(part)
+        for method, steps_done in sane.items():
+            checks[method].append(steps_done)
         for item, ok in zip(good, finite.tolist(), strict=True):
             path = str(item.input.path)
             on_event(Explained(path, []) if ok else Failure(path, NOT_FINITE))
@@ -98,6 +80,46 @@ def evaluate_methods(
         )
         for c in configs
     ]
+
+
+def _measure(
+    explainer: Explainer,
+    configs: Sequence[CamConfig],
+    batch: torch.Tensor,
+    steps: int,
+    sanity: bool,
+) -> tuple[dict[str, FaithfulnessScores], dict[str, list[SanityStep]], torch.Tensor]:
+    """Each method's scores of the images ``batch`` (N, 3, H, W) whose logits, maps and scores
+    are all finite, its sanity check, and which images those are (N,) bool."""
+    model = explainer.model.module
+    images = batch.to(explainer.device)  # (N, 3, H, W)
+    targets, finite = _eval_targets(explainer, images)  # (N,), (N,) bool
+    saliencies = {}
+    for config in configs:
+        saliencies[config.method] = explainer.saliency(images, targets, config)  # (N, H, W)
+        finite &= torch.isfinite(saliencies[config.method].flatten(1)).all(dim=1)
+    kept = finite.nonzero().flatten()  # (M,): only finite logits and maps are measured
+    images, targets = images[kept], targets[kept]
+    measured: dict[str, FaithfulnessScores] = {}
+    sane: dict[str, list[SanityStep]] = {}
+    for config in configs if len(kept) else []:
+        measured[config.method] = faithfulness_scores(
+            model,
+            images,
+            saliencies[config.method][kept],  # (M, H, W)
+            targets,
+            steps=steps,
+            batch_size=config.batch_size,
+            precision=config.precision,
+        )
+        finite[kept] &= _finite_scores(measured[config.method])
+        if sanity:
+            explain = _fixed_targets(explainer, targets, config)
+            sane[config.method] = sanity_check(model, images, explain)
+    final = finite[kept]  # (M,): images whose every score is finite too
+    if len(kept) and not bool(final.all()):
+        measured = {method: _subset(part, final) for method, part in measured.items()}
+    return measured, sane, finite
 
 
 def _eval_targets(explainer: Explainer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

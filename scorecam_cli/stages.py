@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from scorecam_cli.cam import CamResult
+from scorecam_cli.errors import ScoreCamError, first_line
 from scorecam_cli.events import NOT_FINITE, Event, Failure, Skipped
 from scorecam_cli.explainer import Explainer
 from scorecam_cli.images import InputImage, LoadedImage, load_batches
@@ -31,7 +32,8 @@ log = logging.getLogger("scorecam_cli")
 @dataclass
 class StopRequest:
     """Ends a run early when ``requested``. ``computing`` is true while a KeyboardInterrupt loses
-    nothing (a batch is being explained): a SIGINT handler may raise one only then."""
+    nothing (a batch is being decoded or explained, or a Ray driver waits for results): a SIGINT
+    handler may raise one only then, never while a map is written or reported."""
 
     requested: bool = False
     computing: bool = False
@@ -116,12 +118,49 @@ def explain_batch(
 ) -> list[Event]:
     """Explain decoded images ``batch`` (N, 3, H, W) and write their maps before returning:
     one event per image of ``good`` (the engines that run batches elsewhere call this)."""
-    return [
-        write_image(maps, explainer, options)
-        if maps is not None
-        else Failure(str(item.input.path), NOT_FINITE)
-        for item, maps in zip(good, per_image(explainer.explain(batch), good), strict=True)
-    ]
+    events: list[Event] = []
+    for part, outcome in explain_parts(explainer, good, batch):
+        if isinstance(outcome, str):
+            events += [Failure(str(item.input.path), outcome) for item in part]
+            continue
+        events += [
+            write_image(maps, explainer, options)
+            if maps is not None
+            else Failure(str(item.input.path), NOT_FINITE)
+            for item, maps in zip(part, per_image(outcome, part), strict=True)
+        ]
+    return events
+
+
+def explain_parts(
+    explainer: Explainer, good: list[LoadedImage], batch: torch.Tensor
+) -> Iterator[tuple[list[LoadedImage], CamResult | str]]:
+    """The maps of decoded images ``batch`` (N, 3, H, W) of ``good``, as (images, result).
+
+    When the model fails on the batch (it raises for some batch sizes, returns the wrong number
+    of rows, or runs out of memory), each image is explained alone, so that only the images it
+    fails on fail: their result is the one-line reason instead.
+    """
+    try:
+        whole: CamResult | str = explainer.explain(batch)
+    except Exception as exc:
+        whole = model_failure(exc)
+    if not isinstance(whole, str) or len(good) == 1:
+        yield good, whole
+        return
+    for n, item in enumerate(good):
+        try:
+            alone: CamResult | str = explainer.explain(batch[n : n + 1])
+        except Exception as exc:
+            alone = model_failure(exc)
+        yield [item], alone
+
+
+def model_failure(exc: Exception) -> str:
+    """The one-line reason an input failed because explaining it raised ``exc``."""
+    if isinstance(exc, ScoreCamError):
+        return str(exc)
+    return f"explaining it failed: {type(exc).__name__}: {first_line(exc)}"
 
 
 def per_image(result: CamResult, good: list[LoadedImage]) -> list[ImageMaps | None]:

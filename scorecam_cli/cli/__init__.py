@@ -20,7 +20,7 @@ import click
 from scorecam_cli import __version__
 from scorecam_cli.cli.catalog import layers, models
 from scorecam_cli.cli.evaluate import eval_command
-from scorecam_cli.cli.output import StdoutClosed, log
+from scorecam_cli.cli.output import StdoutClosed, escape_field, log, silence_records
 from scorecam_cli.cli.report import report
 from scorecam_cli.cli.run import run
 
@@ -53,13 +53,14 @@ for _command in (run, eval_command, report, models, layers):
 
 def entry_point() -> None:
     """The console script. Exit codes as shells expect: 141 when stdout is closed (``| head -1``),
-    quietly; 130 on Ctrl-C, without a traceback or Click's "Aborted!"."""
+    quietly; 130 on Ctrl-C, without a traceback or Click's "Aborted!". An error nobody foresaw
+    (a user's model raising where no input is to blame, say) is one line and exit 1; ``-v``
+    adds its traceback."""
     warnings.showwarning = _one_line_warning
     try:
         code = main.main(standalone_mode=False)
     except StdoutClosed:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        silence_records()
         sys.exit(141)
     except (click.exceptions.Abort, KeyboardInterrupt):
         sys.stderr.write("\n")
@@ -67,6 +68,13 @@ def entry_point() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        from scorecam_cli.errors import first_line
+
+        log.debug("traceback:", exc_info=True)
+        reason = escape_field(f"{type(exc).__name__}: {first_line(exc)}")
+        click.echo(f"scorecam: error: {reason}", err=True)
+        sys.exit(1)
     _exit_now(code if isinstance(code, int) else 0)
 
 

@@ -6,6 +6,7 @@ import click
 
 from scorecam_cli.cli.common import user_errors
 from scorecam_cli.cli.options import parse_input_size
+from scorecam_cli.cli.output import emit, protect_stdout
 
 
 @click.command()
@@ -41,6 +42,7 @@ def layers(model: str, input_size: str | None, show_all: bool) -> None:
     from scorecam_cli.layers import pick_default, trace_layers
     from scorecam_cli.models import load_model
 
+    protect_stdout()  # a model's own prints go to stderr
     asked = parse_input_size(input_size)
     with user_errors():
         loaded = load_model(model, "none")
@@ -50,9 +52,9 @@ def layers(model: str, input_size: str | None, show_all: bool) -> None:
     for info in infos:
         if info.is_map:
             mark = "\tdefault" if info.ref == default else ""
-            click.echo(f"{info.ref}\t{shape_text(info.map_shape)}\t{info.layout}{mark}")
+            emit(f"{info.ref}\t{shape_text(info.map_shape)}\t{info.layout}{mark}")
         elif show_all:
-            click.echo(f"{info.ref}\t{shape_text(info.shape[1:]) or '-'}\t-")
+            emit(f"{info.ref}\t{shape_text(info.shape[1:]) or '-'}\t-")
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 from typing import Any
 
@@ -12,9 +13,11 @@ import click
 from scorecam_cli.choices import METHODS, SCORE_METHODS
 from scorecam_cli.cli.common import Fatal, user_errors
 from scorecam_cli.cli.options import cam_options, decode_workers, model_options, workers_option
-from scorecam_cli.cli.output import emit, progress, report_failure
+from scorecam_cli.cli.output import emit, progress, protect_stdout, report_failure
 from scorecam_cli.cli.scale import shard_option
 from scorecam_cli.spec import CamConfig, ComputeSpec, ExplainSpec, LayerSpec, ModelSpec
+
+log = logging.getLogger("scorecam_cli")
 
 
 @click.command(name="eval")
@@ -95,6 +98,7 @@ def eval_command(
     from scorecam_cli.shards import in_shard
     from scorecam_cli.writing import DecodeOptions
 
+    protect_stdout()  # a model's own prints go to stderr
     chosen = methods or ("scorecam", "gradcam")
     # The explainer's own method decides whether a backend is loaded for the masked passes.
     first = next((m for m in chosen if m in SCORE_METHODS), chosen[0])
@@ -104,12 +108,13 @@ def eval_command(
     with user_errors():
         explainer = build_explainer(spec)
     configs = [dataclasses.replace(explainer.config, method=method) for method in chosen]
-    failed = 0
+    failed = seen = 0
 
     with progress() as bar:
 
         def on_event(event: object) -> None:
-            nonlocal failed
+            nonlocal failed, seen
+            seen += 1
             bar.update(1)
             if isinstance(event, Failure):
                 failed += 1
@@ -127,6 +132,9 @@ def eval_command(
                 decode=decode,
                 on_event=on_event,
             )
+    if not reports and shard is not None and not seen:  # as run: an empty shard is no error
+        log.info("no input of %s falls in shard %s", " ".join(inputs), shard)
+        ctx.exit(0)
     if not reports:
         raise Fatal("no input could be read")
     rows = [_report_row(report) for report in reports]

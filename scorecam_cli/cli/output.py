@@ -4,10 +4,11 @@ one-line errors on stderr. Click only; heavy imports happen inside functions."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +16,34 @@ if TYPE_CHECKING:
     from scorecam_cli.events import Failure
 
 log = logging.getLogger("scorecam_cli")
+_records: IO[bytes] | None = None  # stdout's own file once protect_stdout() moved fd 1 aside
+
+
+def protect_stdout() -> None:
+    """Keep stdout for records: from now on whatever else reaches file descriptor 1 (a user's
+    model or factory printing, a native library, a child process) goes to stderr, and records
+    go to a private copy of stdout. Nothing to do when stdout is no real file (Click's test
+    runner) or is closed."""
+    global _records
+    try:
+        if _records is not None or sys.stdout.fileno() != 1:
+            return
+        sys.stdout.flush()
+        _records = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return
+
+
+def silence_records() -> None:
+    """Point stdout (and its private copy) at /dev/null: its reader went away."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (_records, sys.stdout):
+        try:
+            if stream is not None:
+                os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 class StdoutClosed(Exception):
@@ -31,7 +60,7 @@ def emit(line: str, end: str = "\n") -> None:
     """
     data = (line + end).encode("utf-8", "surrogateescape")
     try:
-        stream = getattr(sys.stdout, "buffer", None)
+        stream = _records or getattr(sys.stdout, "buffer", None)
         if stream is None:
             sys.stdout.write(data.decode("utf-8", "replace"))
         else:
@@ -44,10 +73,11 @@ def emit(line: str, end: str = "\n") -> None:
 
 
 def report_failure(failure: Failure) -> None:
-    """One line on stderr naming the file and the reason."""
+    """One line on stderr naming the file and the reason, escaped as records are (a name with a
+    newline or a terminal escape stays on its line and never reaches the terminal raw)."""
     reason = failure.reason
     text = reason if reason.startswith(failure.input) else f"{failure.input}: {reason}"
-    click.echo(f"scorecam: error: {text}", err=True)
+    click.echo(f"scorecam: error: {escape_field(text)}", err=True)
 
 
 @contextmanager
@@ -61,3 +91,32 @@ def progress() -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
+
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape_field(text: str) -> str:
+    """Backslash, tab, newline, CR -> \\\\ \\t \\n \\r; other control characters and bytes that are
+    not UTF-8 (surrogate escapes) -> \\xHH. Everything else is kept."""
+    if text.isprintable() and "\\" not in text and utf8(text):
+        return text
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -24,7 +24,14 @@ from scorecam_cli.cli.options import (
     model_options,
     workers_option,
 )
-from scorecam_cli.cli.output import emit, progress, report_failure
+from scorecam_cli.cli.output import (
+    emit,
+    escape_field,
+    progress,
+    protect_stdout,
+    report_failure,
+    utf8,
+)
 from scorecam_cli.cli.report import write_report
 from scorecam_cli.cli.scale import ScaleOptions, scale_options
 from scorecam_cli.spec import CamConfig, ComputeSpec, ExplainSpec, LayerSpec, ModelSpec
@@ -152,6 +159,7 @@ def run(
     from scorecam_cli.stages import StopRequest
     from scorecam_cli.writing import RunOptions
 
+    protect_stdout()
     try:
         render.colormap_id(colormap)
     except ValueError as exc:
@@ -218,15 +226,14 @@ def run(
 
 @contextmanager
 def _interrupts(stop: StopRequest) -> Iterator[None]:
-    """Ctrl-C asks the run to stop: it raises KeyboardInterrupt only while a batch is explained
-    (nothing is lost there), else the run stops after reporting what it wrote. A
-    second Ctrl-C stops at once."""
+    """Ctrl-C (the first or any later one) asks the run to stop: it raises KeyboardInterrupt
+    only while that loses nothing (a batch is decoded or explained, ``stop.computing``), never
+    while a map is written or reported, so every map written is reported before the end."""
 
     def on_sigint(signum: int, frame: object) -> None:
-        if stop.requested or stop.computing:
-            stop.requested = True
-            raise KeyboardInterrupt
         stop.requested = True
+        if stop.computing:
+            raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -266,34 +273,5 @@ def format_record(record: MapRecord, record_format: str, null: bool = False) -> 
     values = asdict(record)
     if record_format == "jsonl":
         text = json.dumps(values, ensure_ascii=False, allow_nan=False)
-        return text if _utf8(text) else json.dumps(values, allow_nan=False)
+        return text if utf8(text) else json.dumps(values, allow_nan=False)
     return "\t".join("" if v is None else escape_field(str(v)) for v in values.values())
-
-
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def escape_field(text: str) -> str:
-    """Backslash, tab, newline, CR -> \\\\ \\t \\n \\r; other control characters and bytes that are
-    not UTF-8 (surrogate escapes) -> \\xHH. Everything else is kept."""
-    if text.isprintable() and "\\" not in text and _utf8(text):
-        return text
-    out = []
-    for char in text:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8
-            out.append(f"\\x{ord(char) - 0xDC00:02x}")
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\x{ord(char):02x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

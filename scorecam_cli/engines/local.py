@@ -22,6 +22,7 @@ from scorecam_cli.stages import (
     StopRequest,
     accepted_inputs,
     decoded_batches,
+    explain_parts,
     per_image,
     run_settings,
 )
@@ -64,13 +65,16 @@ def run(
         return stop.requested or (options.fail_fast and failed)
 
     with manifest, writer:  # the writer thread finishes its lines before the manifest closes
-        batches = _batches(accepted, explainer, options, stop)
+        batches = _batches(accepted, explainer, options)
         try:
             while not stopping():
+                stop.computing = True  # an interrupt here loses nothing: the batch is redone
                 try:
                     batch = next(batches)
                 except (StopIteration, KeyboardInterrupt):
                     break
+                finally:
+                    stop.computing = False
                 pending.append(_submit(batch, explainer, options, writer, lines))
                 while len(pending) > 1 and not stopping():  # one renders, the next computes
                     for event in _collect(pending.popleft()):
@@ -88,9 +92,9 @@ def _batches(
     accepted: Iterator[InputImage | Event],
     explainer: Explainer,
     options: RunOptions,
-    stop: StopRequest,
 ) -> Generator[Batch, None, None]:
-    """Batches of decoded images with their maps; events for inputs that were not decoded."""
+    """Batches of decoded images with their maps; events for inputs that were not decoded or
+    that the model failed on."""
     early: list[Event] = []
 
     def images() -> Iterator[InputImage]:
@@ -103,14 +107,14 @@ def _batches(
     for failures, good, batch in decoded_batches(explainer, images(), options.decode):
         events: list[Event] = [*early, *failures]
         early.clear()
-        result = None
-        if batch is not None:
-            stop.computing = True  # a KeyboardInterrupt here loses nothing: the batch is redone
-            try:
-                result = explainer.explain(batch)
-            finally:
-                stop.computing = False
-        yield events, good, result
+        for part, outcome in explain_parts(explainer, good, batch) if batch is not None else ():
+            if isinstance(outcome, str):
+                events += [Failure(str(item.input.path), outcome) for item in part]
+            else:
+                yield events, part, outcome
+                events = []
+        if events:
+            yield events, [], None
     if early:
         yield list(early), [], None
 

@@ -103,7 +103,7 @@ def run(
         ManifestWriter(options.output_dir / options.manifest_name) as manifest,
     ):
         dataset = _dataset(ray, explainer, factory, todo, options, job.cluster, device)
-        for row in _rows(ray, dataset):
+        for row in _interruptible(_rows(ray, dataset), stop):
             event: Event = pickle.loads(row["event"])
             if isinstance(event, Explained):
                 for record in event.records:
@@ -115,6 +115,24 @@ def run(
             yield event
             if stop is not None and stop.requested:  # Ctrl-C: stop at the next finished input
                 return
+
+
+def _interruptible(
+    rows: Iterator[dict[str, Any]], stop: StopRequest | None
+) -> Iterator[dict[str, Any]]:
+    """``rows``, with Ctrl-C free to interrupt the wait for the next one (nothing is lost
+    there), never the handling of one."""
+    while True:
+        if stop is not None:
+            stop.computing = True
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        finally:
+            if stop is not None:
+                stop.computing = False
+        yield row
 
 
 def _rows(ray: Any, dataset: Any) -> Iterator[dict[str, Any]]:

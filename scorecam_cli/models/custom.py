@@ -29,10 +29,15 @@ def load_custom(name: str, spec: str) -> LoadedModel:
         factory = getattr(source, attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise UnknownModel(f"cannot import model factory {name!r}: {first_line(exc)}") from exc
+    except (Exception, SystemExit) as exc:  # the module's own code failed (a SyntaxError...)
+        raise UnknownModel(
+            f"cannot import model factory {name!r}: importing {module_name} raised "
+            f"{type(exc).__name__}: {first_line(exc)}"
+        ) from None
     _check_factory(name, factory, source.__name__)
     try:
         module = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UnsupportedModel(f"model factory {name} failed: {first_line(exc)}") from None
     if not isinstance(module, nn.Module):
         raise UnsupportedModel(f"{name} returned a {type(module).__name__}, not a torch nn.Module")

@@ -238,6 +238,9 @@ def _nvidia_smi(field: str) -> str:
 
 
 def _commit() -> str:
+    """$SCORECAM_COMMIT, else the checkout's HEAD (the device machine's copy may lack .git)."""
+    if os.environ.get("SCORECAM_COMMIT"):
+        return os.environ["SCORECAM_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
@@ -247,5 +250,5 @@ def _commit() -> str:
             check=True,
         )
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("SCORECAM_COMMIT", "unknown")
+        return "unknown"
     return out.stdout.strip()

@@ -8,12 +8,13 @@ Rows, in this order (the budget may stop it; every row is saved as it is measure
    the masked inputs in NCHW (the first, plain pass of the call still gets channels_last input);
    then with ``torch.backends.cudnn.benchmark`` on (cuDNN times its algorithms per shape);
 3. images per call over ``sweep_image_batches`` at fp32's best batch size;
-4. resnet50 (random init, ``layer4``), one image: masked images per pass at fp32 and bf16.
+4. the out-of-memory back-off, once: resnet50 (random init, ``layer4``) at 1024 masked images
+   per pass under a memory cap that holds far fewer (``torch.cuda``'s per-process fraction); it
+   must halve the chunk until it fits and give the maps of an uncapped run;
+5. resnet50, one image: masked images per pass at fp32 and bf16.
 
 Each row: one warm-up call, then the median of ``REPEATS`` timed calls; seconds per image,
-passes per second, peak GPU memory. Then the out-of-memory back-off, once: resnet50 at 1024
-masked images per pass under a memory cap that holds far fewer (``torch.cuda``'s per-process
-fraction); it must halve the chunk until it fits and give the maps of an uncapped run.
+passes per second, peak GPU memory.
 """
 
 from __future__ import annotations
@@ -236,10 +237,10 @@ def run(plan: Plan, part: Part, deadline: Deadline) -> None:
     del case, images
     cache.clear()
     case = load_case(*resnet, plan.device)
+    part.save(oom_backoff=exercise_oom_backoff(case, plan) if deadline.left() > 5 else "skipped")
     for precision in ("fp32", "bf16"):
         for bs in plan.sweep_batch_sizes:
             add(case, case.images, bs, precision, True)
-    part.save(oom_backoff=exercise_oom_backoff(case, plan) if deadline.left() > 5 else "skipped")
     part.save(best=_best_settings(rows), complete=True, seconds=deadline.elapsed())
 
 

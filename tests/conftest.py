@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny seeded models that run in milliseconds on a CPU."""
+"""Shared fixtures: tiny seeded models that run in milliseconds on a CPU.
+
+``pytest --device cuda`` puts the core's fixtures (``tiny_net``, ``tiny_images``) on that device
+instead (benchmarks/cuda_check.sh runs tests/test_cam.py and tests/test_constant_channels.py so).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,27 @@ class TinyNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="device of the tiny_net and tiny_images fixtures (cpu, cuda, cuda:N); default cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The --device of this session. On CUDA, TF32 is off for it: the core's tests check float32
+    exactness, and cuDNN's default TF32 convolutions round to a 10-bit mantissa."""
+    chosen = torch.device(request.config.getoption("--device"))
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            pytest.exit(f"--device {chosen}: torch sees no CUDA GPU", returncode=4)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return chosen
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_export_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Backends export models into a cache of this test session, never the user's ~/.cache
@@ -45,11 +70,11 @@ def private_export_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture
-def tiny_net() -> TinyNet:
-    return TinyNet().eval()
+def tiny_net(device: torch.device) -> TinyNet:
+    return TinyNet().eval().to(device)
 
 
 @pytest.fixture
-def tiny_images() -> torch.Tensor:
-    """Three seeded images (3, 3, 64, 64)."""
-    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+def tiny_images(device: torch.device) -> torch.Tensor:
+    """Three seeded images (3, 3, 64, 64), on the session's --device."""
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(device)

@@ -140,7 +140,7 @@ def test_module_called_twice_resolves_the_chosen_call(tiny_images):
             x = self.relu(self.conv2(x))  # call 1: (N, 16, 16, 16)
             return self.fc(self.pool(x).flatten(1))
 
-    net = Twice().eval()
+    net = Twice().eval().to(tiny_images.device)
     first = compute_cams(net, "relu:0", tiny_images[:1])
     last = compute_cams(net, "relu", tiny_images[:1])
     second = compute_cams(net, "relu:1", tiny_images[:1])
@@ -172,6 +172,8 @@ def test_external_passes_share_one_buffer_with_torch_on_one_thread(tiny_net, tin
     """A backend's score_batch gets every chunk in one reused buffer, with torch on one thread
     meanwhile (its idle workers would spin against the backend); the count is restored after.
     Without a backend, the model runs the passes on torch's own threads."""
+    if tiny_images.device.type != "cpu":
+        pytest.skip("torch's CPU threads: a CPU-only rule")
     calls: list[tuple[int, int]] = []  # (buffer address, torch threads) per call
 
     def score_batch(images: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchkit.vit_case import TOKEN_MODELS, build_vit, check_grid_tap
 from torch import nn
 
 from scorecam_cli.cam import is_constant
@@ -74,8 +75,13 @@ class Case:
         return f"{self.model_name}@{self.size} {self.image.name}"
 
 
-def build_model(name: str, device: torch.device) -> tuple[nn.Module, str, str, Any]:
+def build_model(
+    name: str, device: torch.device, input_size: int = 224
+) -> tuple[nn.Module, str, str, Any]:
     """(module on device, layer name in it, layer label, preprocessing) for one model name."""
+    if name in TOKEN_MODELS:  # random init, the default layer tapped (benchkit/vit_case.py)
+        module, layer, label, prep = build_vit(name, (input_size, input_size))
+        return prepare_model(module, device), layer, label, prep
     if name in LAYERS:
         torch.manual_seed(0)
         loaded = load_model(name, weights="none")
@@ -94,7 +100,11 @@ def build_model(name: str, device: torch.device) -> tuple[nn.Module, str, str, A
 
 
 def check_wrapper(case: Case) -> None:
-    """The wrapper must give the original's logits and its ``_swish:1`` activation, exactly."""
+    """The wrapper must give the original's logits and its ``_swish:1`` activation, exactly (a
+    ViT's grid tap: its tokens and scorecam-cli's view of them)."""
+    tapped = check_grid_tap(case.module, case.layer, case.images)
+    if tapped is not None:
+        log(f"  {tapped}")
     if not isinstance(case.module, HeadExposed):
         return
     original = case.module.net
@@ -118,7 +128,7 @@ def prepare_case(
 ) -> Case:
     if model_name not in cache:
         cache.clear()  # one model in memory at a time
-        cache[model_name] = build_model(model_name, device)
+        cache[model_name] = build_model(model_name, device, size)
     module, layer, label, prep = cache[model_name]
     rgb = read_image(image)
     array = preprocess(rgb, (size, size), prep.mean, prep.std)  # (3, H, W)

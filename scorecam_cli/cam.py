@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from scorecam_cli.choices import GRADIENT_METHODS
 from scorecam_cli.devices import as_model_input, precision_context, single_torch_thread
+from scorecam_cli.errors import UnsupportedModel
 from scorecam_cli.layers import LayerRef, capture, parse_layer
 from scorecam_cli.spec import CamConfig
 
@@ -119,7 +120,7 @@ def score_cams(
         raise ValueError(f"{config.method} needs gradients: use compute_cams with a torch model")
     with torch.inference_mode(), precision_context(images.device, config.precision):
         logits, acts = first_pass(images)  # (N, C), (N, K, h, w)
-        logits, acts = logits.float(), acts.float()
+        logits, acts = _rows(logits, len(images)).float(), _rows(acts, len(images)).float()
         targets = _targets(logits, classes, top_k)  # (N, T)
         with single_torch_thread(separate_backend and images.device.type == "cpu"):
             scores, chosen, counts = _channel_scores(score_batch, images, acts, targets, config)
@@ -309,11 +310,22 @@ def _masked_scores(
     def score_chunk(start: int, end: int) -> Tensor:
         part = pairs[start:end]  # (B, 2)
         inputs = _masked_inputs(images, acts, part, config, generator, buffer)  # (B*S, 3, H, W)
-        logits = forward(inputs)  # (B*S, C)
+        logits = _rows(forward(inputs), len(inputs))  # (B*S, C)
         img = part[:, 0].repeat_interleave(per_pair)  # (B*S,)
         return score_of(logits, img).view(len(part), per_pair, -1).mean(dim=1)  # (B, T)
 
     return map_in_chunks(score_chunk, len(pairs), chunk, images.device)
+
+
+def _rows(output: Tensor, count: int) -> Tensor:
+    """``output`` (count, ...) of a pass over ``count`` images; a model that returns another
+    number of rows would mix up images, so it is refused in one line."""
+    if output.shape[0] != count:
+        raise UnsupportedModel(
+            f"the model returned {output.shape[0]} rows for a batch of {count} images; "
+            "scorecam needs one row per image"
+        )
+    return output
 
 
 def auto_batch_size(device: torch.device) -> int:

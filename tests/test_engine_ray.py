@@ -241,3 +241,21 @@ def test_ray_decoding_honours_the_run_s_file_limits(tmp_path: Path) -> None:
     assert ray_engine._decode_row(row, *args, Limits())["error"] == ""
     refused = ray_engine._decode_row(row, *args, Limits(max_pixels=1000))
     assert "--max-pixels" in refused["error"] and "a.png" in refused["error"]
+
+
+def test_quiet_leaves_only_our_error_lines_on_stderr(folder: Path, tmp_path: Path) -> None:
+    """Under --quiet neither Ray's Python logs nor its core worker's native log lines reach
+    stderr; the errors of the inputs that failed in the cluster still do."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+    }
+    exe = Path(sys.executable).parent / "scorecam"
+    args = ["-q", "run", str(folder), "-o", str(tmp_path / "o"), *TINY, "--engine", "ray"]
+    ran = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=300)
+    assert ran.returncode == 1
+    lines = ran.stderr.splitlines()
+    assert lines and all(line.startswith("scorecam: error: ") for line in lines), ran.stderr
+    assert sorted(Path(line.split(": ")[2]).name for line in lines) == sorted(BAD)
+    assert len(ran.stdout.splitlines()) == len(GOOD)

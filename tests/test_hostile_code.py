@@ -156,7 +156,7 @@ def test_wrong_batch_sizes_and_memory_errors_fail_each_input_in_one_line(tmp_pat
     env = factories(tmp_path / "code")
     inputs = images(tmp_path / "in", 2)
     for name, words in [
-        ("one_row", ("returned 1 rows of logits for a batch of",)),
+        ("one_row", ("returned 1 rows for a batch of",)),
         ("out_of_memory", ("MemoryError",)),
     ]:
         ran = scorecam(env, "run", *inputs, "-o", tmp_path / name, *model(name))

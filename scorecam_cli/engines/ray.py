@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import pickle
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -99,6 +100,7 @@ def run(
     settings = run_settings(explainer, options)
     device = job.spec.compute.device
     with (
+        _native_logs_hidden(_quiet()),
         _cluster(ray, job.cluster),
         ManifestWriter(options.output_dir / options.manifest_name) as manifest,
     ):
@@ -151,11 +153,51 @@ def _import_ray() -> Any:
         import ray.data
     except ImportError:
         raise RayUnavailable("--engine ray needs Ray: pip install 'scorecam-cli[ray]'") from None
-    quiet = not logging.getLogger("scorecam_cli").isEnabledFor(logging.INFO)  # --quiet
+    quiet = _quiet()
     logging.getLogger("ray").setLevel(logging.ERROR if quiet else logging.WARNING)
     if quiet:
         _quiet_ray_console()
     return ray
+
+
+def _quiet() -> bool:
+    """--quiet: only our errors on stderr."""
+    return not logging.getLogger("scorecam_cli").isEnabledFor(logging.INFO)
+
+
+@contextmanager
+def _native_logs_hidden(active: bool) -> Iterator[None]:
+    """Meanwhile, when ``active``, what native code writes to file descriptor 2 (the log lines
+    of Ray's core worker in this process, e.g. ``core_worker.cc: ... E``) goes to /dev/null,
+    while Python's stderr (our error lines and logs) keeps the real stderr. Ray's own log files
+    keep everything."""
+    if not active:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+    except (OSError, ValueError):  # stderr closed: nothing to hide
+        yield
+        return
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, errors="backslashreplace")
+    ours = logging.getLogger("scorecam_cli").handlers
+    moved = [h for h in ours if isinstance(h, logging.StreamHandler) and h.stream is python_stderr]
+    for handler in moved:
+        handler.setStream(sys.stderr)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        for handler in moved:
+            handler.setStream(python_stderr)
+        sys.stderr.close()
+        sys.stderr = python_stderr
 
 
 def _quiet_ray_console() -> None:

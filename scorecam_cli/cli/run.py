@@ -28,6 +28,7 @@ from scorecam_cli.cli.common import (
     report_failure,
     workers_option,
 )
+from scorecam_cli.cli.escaping import escape_field, is_utf8
 from scorecam_cli.cli.report import write_report
 from scorecam_cli.cli.scale import ScaleOptions, driver_explainer, events, scale_options
 
@@ -158,8 +159,8 @@ def run(
         raise UsageFailure(f"--alpha must be a number between 0 and 1, got {alpha}")
     if skip_existing and overwrite:
         raise click.UsageError("give either --skip-existing or --overwrite, not both")
-    check_writable(output)
     scale = ScaleOptions.pop(opts)
+    check_writable(output, scale.run_options()["manifest_name"])
     rebuild: dict[str, Any] = dict(
         model=model,
         weights=weights,
@@ -224,7 +225,7 @@ def run(
             f"{', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))})"
         )
     if make_report:
-        log.info("report: %s", write_report(output))
+        log.info("report: %s", write_report(output, limits=limits))
     ctx.exit(1 if counts["failed"] else 0)
 
 
@@ -247,13 +248,20 @@ def _interrupts(stop: StopRequest) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def check_writable(output: Path) -> None:
+def check_writable(output: Path, manifest_name: str) -> None:
     """Fail before any model pass when OUT cannot be written to (nothing is created here): a
     probe file in OUT when it exists, else the nearest existing folder above it must be one we
-    may write to."""
+    may write to; OUT's manifest must be no symlink, FIFO or folder."""
     import os
     import tempfile
 
+    from scorecam_cli.errors import OutputWrite
+    from scorecam_cli.manifest import check_manifest_target
+
+    try:
+        check_manifest_target(output / manifest_name)
+    except OutputWrite as exc:
+        raise Fatal(f"cannot write to the output folder {output}: {exc}") from None
     try:
         if output.is_dir():
             with tempfile.NamedTemporaryFile(dir=output, prefix=".scorecam-check-"):
@@ -278,34 +286,5 @@ def format_record(record: MapRecord, record_format: str, null: bool = False) -> 
     values = asdict(record)
     if record_format == "jsonl":
         text = json.dumps(values, ensure_ascii=False, allow_nan=False)
-        return text if _utf8(text) else json.dumps(values, allow_nan=False)
+        return text if is_utf8(text) else json.dumps(values, allow_nan=False)
     return "\t".join("" if v is None else escape_field(str(v)) for v in values.values())
-
-
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def escape_field(text: str) -> str:
-    """Backslash, tab, newline, CR -> \\\\ \\t \\n \\r; other control characters and bytes that are
-    not UTF-8 (surrogate escapes) -> \\xHH. Everything else is kept."""
-    if text.isprintable() and "\\" not in text and _utf8(text):
-        return text
-    out = []
-    for char in text:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8
-            out.append(f"\\x{ord(char) - 0xDC00:02x}")
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\x{ord(char):02x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

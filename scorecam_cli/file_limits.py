@@ -4,6 +4,7 @@ captured (numpy-free)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from scorecam_cli.errors import ImageRead
 
@@ -53,6 +55,38 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
+class NotRegularFile(OSError):
+    """The path names no regular file: a folder, a FIFO, a device, a socket (or a symlink, when
+    symlinks are not followed); ``strerror`` says which."""
+
+
+def open_regular(path: Path, follow_symlinks: bool = True) -> tuple[BinaryIO, int]:
+    """``path`` opened for reading, and its size, when it is a regular file.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO, a device
+    (``/dev/zero``) or a socket fails at once, never hangs; without ``follow_symlinks`` a symlink
+    fails too. Raises NotRegularFile, or the OSError of the open (FileNotFoundError...).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP and not follow_symlinks and os.path.islink(path):
+            raise NotRegularFile(errno.ELOOP, "a symlink") from None
+        if error.errno == errno.EISDIR:
+            raise NotRegularFile(errno.EISDIR, "a folder") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise NotRegularFile(errno.EISDIR, "a folder")
+        raise NotRegularFile(errno.EINVAL, _file_kind(info.st_mode))
+    return os.fdopen(fd, "rb"), info.st_size
+
+
 def read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; ImageRead otherwise.
 
@@ -60,23 +94,19 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:
     FIFO, a device (``/dev/zero``) or a socket named as an input fails at once.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        file, size = open_regular(path)
     except FileNotFoundError:
         raise ImageRead(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageRead(f"{path}: is a folder, not an image file") from None
+    except NotRegularFile as error:
+        if error.errno == errno.EISDIR:
+            raise ImageRead(f"{path}: is a folder, not an image file") from None
+        raise ImageRead(f"{path}: not a regular file ({error.strerror})") from None
     except OSError as error:
         raise ImageRead(f"{path}: cannot read ({error.strerror or error})") from None
-    info = os.fstat(fd)
-    if stat.S_ISDIR(info.st_mode):
-        os.close(fd)
-        raise ImageRead(f"{path}: is a folder, not an image file")
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageRead(f"{path}: not a regular file ({_file_kind(info.st_mode)})")
-        if info.st_size > limit:
+    with file:
+        if size > limit:
             raise ImageRead(
-                f"{path}: {info.st_size / 2**20:,.1f} MB, over the limit of "
+                f"{path}: {size / 2**20:,.1f} MB, over the limit of "
                 f"{limit / 2**20:,.0f} MB (--max-file-mb)"
             )
         try:
@@ -87,6 +117,25 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:
         raise ImageRead(f"{path}: over the limit of {limit / 2**20:,.0f} MB (--max-file-mb)")
     if not data:
         raise ImageRead(f"{path}: empty file")
+    return data
+
+
+def image_bytes(path: Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The bytes of an image file that may be decoded under ``limits``; ImageRead otherwise.
+
+    A regular file of at most ``limits.max_file_bytes``, not visibly truncated, whose header (when
+    it has one we can read) announces at most ``limits.max_pixels`` pixels.
+    """
+    data = read_bytes(path, limits.max_file_bytes)
+    problem = truncation(data)
+    if problem is not None:
+        raise ImageRead(f"{path}: {problem}")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > limits.max_pixels:
+        raise ImageRead(
+            f"{path}: {size[1]}x{size[0]} is {size[0] * size[1]:,} pixels, over the limit of "
+            f"{limits.max_pixels:,} (--max-pixels)"
+        )
     return data
 
 

@@ -31,9 +31,7 @@ from scorecam_cli.file_limits import (
     Limits,
     captured_stderr,
     header_pixels,
-    header_size,
-    read_bytes,
-    truncation,
+    image_bytes,
 )
 
 # OpenCV logs its own warnings and errors to stderr; we report failures ourselves, in one line.
@@ -188,16 +186,7 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     expanded to 3 channels, alpha is composited over white, and 16-bit or float images are
     scaled to 8 bits (value / 257 for 16-bit).
     """
-    data = read_bytes(path, limits.max_file_bytes)
-    problem = truncation(data)
-    if problem is not None:
-        raise ImageRead(f"{path}: {problem}")
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > limits.max_pixels:
-        raise ImageRead(
-            f"{path}: {size[1]}x{size[0]} is {size[0] * size[1]:,} pixels, over the limit of "
-            f"{limits.max_pixels:,} (--max-pixels)"
-        )
+    data = image_bytes(path, limits)
     buffer = np.frombuffer(data, dtype=np.uint8)
     # IMREAD_COLOR applies EXIF orientation but gives 8-bit BGR without alpha (None for float).
     oriented = _decode(buffer, cv2.IMREAD_COLOR)  # (H, W, 3) uint8 BGR

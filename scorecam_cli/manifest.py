@@ -12,12 +12,21 @@ part, so a shard re-run with ``--overwrite`` supersedes the plain manifest's old
 
 Text is ASCII JSON (``ensure_ascii``), so file names that are not valid UTF-8 (kept by Python as
 surrogate escapes) survive the round trip: ``os.fsencode(entry["input"])`` gives the original bytes.
+
+A run folder may come from someone else, so the reader trusts nothing in it: only regular files
+(not symlinks) of at most ``MAX_FILE_BYTES`` are read, lines of at most ``MAX_LINE_BYTES``; a line
+is kept only when it is a JSON object with the keys and types a map entry has, finite numbers,
+and output paths that stay inside OUT once resolved (they are kept normalised). Every other line
+or file is one problem line, and skipped. The writer appends only to a regular file, never
+through a symlink.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,9 +34,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from scorecam_cli.confined import resolved
+from scorecam_cli.errors import OutputWrite
+from scorecam_cli.file_limits import NotRegularFile, open_regular
+from scorecam_cli.manifest_lines import parse_line
+
 MANIFEST_NAME = "manifest.jsonl"
 PART_GLOB = "manifest.*-of-*.jsonl"
 OUTPUT_KEYS = ("overlay", "npy", "heatmap")
+MAX_FILE_BYTES = 256 * 2**20  # per manifest file: some 400,000 maps (a line is about 600 bytes)
+MAX_LINE_BYTES = 2**20
 
 
 def part_name(shard: int, shards: int) -> str:
@@ -36,10 +52,26 @@ def part_name(shard: int, shards: int) -> str:
 
 
 def manifest_files(root: Path) -> list[Path]:
-    """The manifest and its parts under ``root``, in a stable order (the plain manifest first)."""
+    """What is named like the manifest or a part under ``root``, in a stable order (the plain
+    manifest first); the reader refuses whatever of it is no regular file."""
     main = root / MANIFEST_NAME
     parts = sorted(root.glob(PART_GLOB))
-    return [main, *parts] if main.is_file() else parts
+    return [main, *parts] if os.path.lexists(main) else parts
+
+
+def check_manifest_target(path: Path) -> None:
+    """Raise OutputWrite when ``path`` exists and cannot take manifest lines: a symlink (the
+    lines would land wherever it points) or something other than a regular file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise OutputWrite(f"{path}: {error.strerror or error}") from None
+    if stat.S_ISLNK(mode):
+        raise OutputWrite(f"{path}: a symlink; manifest lines are never written through one")
+    if not stat.S_ISREG(mode):
+        raise OutputWrite(f"{path}: not a regular file; cannot append manifest lines to it")
 
 
 def entry_from_record(
@@ -77,10 +109,26 @@ class ManifestWriter:
         self._file.flush()
 
     def _open(self) -> IO[str]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        torn = _ends_without_newline(self.path)
-        handle = self.path.open("a", encoding="ascii", newline="\n")
-        if torn:  # a killed run left half a line: end it, so our first line stands on its own
+        """The manifest opened for appending: a regular file, never through a symlink, never
+        blocking (a FIFO named like it is refused); OutputWrite otherwise."""
+        check_manifest_target(self.path)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                check_manifest_target(self.path)  # a symlink planted meanwhile: say so
+            raise OutputWrite(f"{self.path}: {error.strerror or error}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            check_manifest_target(self.path)
+            raise OutputWrite(f"{self.path}: not a regular file")
+        # A killed run left half a line: end it, so that our first line stands on its own.
+        torn = info.st_size > 0 and os.pread(fd, 1, info.st_size - 1) != b"\n"
+        handle = os.fdopen(fd, "a", encoding="ascii", newline="\n")
+        if torn:
             handle.write("\n")
         return handle
 
@@ -99,18 +147,6 @@ class ManifestWriter:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _ends_without_newline(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() == 0:
-                return False
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) != b"\n"
-    except FileNotFoundError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -137,19 +173,21 @@ class Manifest:
 
 
 def read_manifest(root: Path, require_files: bool = False) -> Manifest:
-    """Read ``root``'s manifest and parts; torn or invalid lines are skipped and reported.
+    """Read ``root``'s manifest and parts; files and lines that cannot be read as a map entry
+    are skipped, one problem line each (see the module's docstring).
 
     With ``require_files``, maps whose ``.npy`` (written last, after the map's line) or overlay is
     missing are left out and reported too: what remains is exactly the finished maps on disk.
     """
+    base = resolved(root)
     latest: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     for path in manifest_files(root):
-        for number, entry, problem in _lines(path):
-            if problem is not None:
-                problems.append(f"{path}:{number}: {problem}")
+        for number, entry, problem in _entries(path, base):
+            if entry is None:
+                problems.append(f"{path}:{number}: {problem}; line skipped" if number else problem)
                 continue
-            key = str(entry["npy"])
+            key = entry["npy"]
             if _written_at(entry) >= _written_at(latest.get(key)):
                 latest.pop(key, None)  # a newer line for the same map moves it to the end
                 latest[key] = entry
@@ -165,7 +203,7 @@ def _written_at(entry: Mapping[str, Any] | None) -> float:
     if entry is None:
         return float("-inf")
     value = entry.get("written_at")
-    return float(value) if isinstance(value, (int, float)) else 0.0
+    return float(value) if value is not None else 0.0  # a finite number: parse_line checked
 
 
 def _with_files(
@@ -174,26 +212,53 @@ def _with_files(
     kept: list[dict[str, Any]] = []
     missing: list[str] = []
     for entry in entries:
-        absent = [k for k in ("npy", "overlay") if not (root / str(entry.get(k))).is_file()]
+        absent = [k for k in ("npy", "overlay") if not os.path.isfile(root / entry[k])]
         if absent:
-            missing.append(f"{root / str(entry['npy'])}: listed, but its {absent[0]} is missing")
+            missing.append(f"{root / entry['npy']}: listed, but its {absent[0]} is missing")
         else:
             kept.append(entry)
     return kept, missing
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
+def _entries(path: Path, base: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """``(line number, entry, "")`` per good line of manifest file ``path``, ``(number, None,
+    reason)`` per bad one, ``(0, None, line)`` when the file is not read at all. Only the bytes
+    the file held when opened are read, a line at a time, each at most ``MAX_LINE_BYTES``."""
+    try:
+        handle, size = open_regular(path, follow_symlinks=False)
+    except NotRegularFile as error:
+        yield 0, None, f"{path}: {error.strerror}, not a manifest file; not read"
+        return
+    except OSError as error:
+        yield 0, None, f"{path}: cannot read ({error.strerror or error}); not read"
+        return
+    with handle:
+        if size > MAX_FILE_BYTES:
+            limit = MAX_FILE_BYTES // 2**20
+            yield 0, None, f"{path}: {size / 2**20:,.0f} MB, over the limit of {limit} MB; not read"
+            return
+        left, number = size, 0
+        while left > 0:
+            raw = handle.readline(min(left, MAX_LINE_BYTES + 1))
+            if not raw:
+                return  # the file shrank meanwhile
+            left -= len(raw)
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                left -= _skip_line(handle, left)
+                yield number, None, f"over {MAX_LINE_BYTES // 2**20} MB"
                 continue
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                torn = not raw.endswith(b"\n")
-                yield number, {}, "torn line (the run was cut off)" if torn else "not valid JSON"
-                continue
-            if not isinstance(entry, dict) or not isinstance(entry.get("npy"), str):
-                yield number, {}, "not a map entry (no npy path)"
-                continue
-            yield number, entry, None
+            if raw.strip():
+                entry, problem = parse_line(raw, base)
+                yield number, entry, problem
+
+
+def _skip_line(handle: IO[bytes], left: int) -> int:
+    """Read past the rest of the current line (at most ``left`` bytes); the bytes read."""
+    skipped = 0
+    while skipped < left:
+        chunk = handle.readline(min(left - skipped, 2**16))
+        skipped += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            break
+    return skipped

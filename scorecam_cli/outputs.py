@@ -3,14 +3,15 @@
 Our outputs are recognised by what we write, never by where they lie: a file is one of ours when
 its name is ``<name>.c<class>[.<method>].overlay.png|.heatmap.png|.npy`` and it lies under OUT
 (so ``-o`` may equal or contain an input folder). Temp files that a killed run left in an
-output folder are removed when the folder is scanned. A map is done when every file it needs exists
-(the npy, the overlay, and the heatmap when asked for); a top-k map, whose class is known only
-after the model ran, is done when the manifest lists it from a top-k run and its files exist.
+output folder are removed when the folder is scanned (see :mod:`scorecam_cli.temp_files`). A map
+is done when every file it needs exists (the npy, the overlay, and the heatmap when asked for); a
+top-k map, whose class is known only after the model ran, is done when the manifest lists it
+from a top-k run and its files exist (manifest lines that cannot be read: one warning each).
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import re
 from collections import defaultdict
@@ -18,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scorecam_cli.choices import METHODS
-from scorecam_cli.manifest import read_manifest
+from scorecam_cli.manifest import Manifest, read_manifest
+from scorecam_cli.temp_files import remove_if_orphan
 
 _METHOD = "|".join(re.escape(m) for m in METHODS if m != "scorecam")
 OUTPUT_NAME = re.compile(
@@ -26,9 +28,8 @@ OUTPUT_NAME = re.compile(
     r"\.(?P<kind>overlay\.png|heatmap\.png|npy)$",
     re.DOTALL,
 )
-# render.write_atomic's temp files: ``.<name>.<pid>.<8 hex>.tmp``
-_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$", re.DOTALL)
 _KINDS = {"overlay.png": "overlay", "heatmap.png": "heatmap", "npy": "npy"}
+log = logging.getLogger("scorecam_cli")
 
 
 def parse_output_name(name: str) -> tuple[str, int, str, str] | None:
@@ -58,7 +59,10 @@ class OutputIndex:
         """(stem relative to OUT, method) -> classes of top-k maps the manifest lists."""
         if self._top_k is None:
             self._top_k = defaultdict(set)
-            for entry in read_manifest(self.root).entries if self.root.is_dir() else []:
+            manifest = read_manifest(self.root) if self.root.is_dir() else Manifest(self.root)
+            for problem in manifest.problems:
+                log.warning("warning: %s", problem)
+            for entry in manifest.entries:
                 options = entry.get("options")
                 if not isinstance(options, dict) or options.get("classes") is not None:
                     continue  # maps of named classes are judged by their files alone
@@ -86,7 +90,7 @@ class OutputIndex:
             except OSError:
                 names = []
             for name in names:
-                _remove_if_orphan(folder, name)
+                remove_if_orphan(folder / name)
                 parsed = parse_output_name(name)
                 if parsed is not None:
                     base, cls, method, kind = parsed
@@ -128,20 +132,6 @@ class OutputIndex:
                 if kind in kinds and (heatmap or kind != "heatmap" or not classes):
                     return output_paths(stem, cls, method)[kind]
         return None
-
-
-def _remove_if_orphan(folder: Path, name: str) -> None:
-    """Remove a temp file of ours whose writer process is gone (a killed run left it)."""
-    match = _TEMP_NAME.match(name)
-    if match is None:
-        return
-    try:
-        os.kill(int(match["pid"]), 0)
-    except ProcessLookupError:
-        with contextlib.suppress(OSError):
-            (folder / name).unlink()
-    except (OSError, OverflowError):
-        return  # alive (another user's), or not a pid: leave it
 
 
 def _resolved(path: Path) -> Path:

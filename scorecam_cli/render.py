@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from scorecam_cli.errors import OutputWrite
+from scorecam_cli.temp_files import temp_path
 
 # OpenCV logs its own warnings and errors to stderr; we report failures ourselves, in one line.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -116,13 +116,14 @@ def write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def write_atomic(path: Path, data: bytes | memoryview, mtime_ns: int | None = None) -> None:
-    """Write ``data`` to a hidden temp file beside ``path``, then rename it onto ``path``.
+    """Write ``data`` to a hidden temp file beside ``path`` (named by
+    :func:`scorecam_cli.temp_files.temp_path`), then rename it onto ``path``.
 
     Parent folders are created; ``mtime_ns``, when given, becomes the file's access and
     modification time (ns since the epoch). On any failure (KeyboardInterrupt included) the temp
     file is removed and ``path`` is left as it was; OSError becomes OutputWrite.
     """
-    temp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    temp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from scorecam_cli import render
+from scorecam_cli.confined import make_folder
 from scorecam_cli.errors import ScoreCamError
 from scorecam_cli.events import NOT_FINITE, Event, Explained, Failure, MapRecord, Skipped
 from scorecam_cli.explainer import Explainer
@@ -121,7 +122,7 @@ def write_image(
         assert item.pixels is not None, "only decoded images are written"
         image = item.pixels.numpy()  # (H, W, 3) uint8 RGB
         stem = output_stem(options, source)
-        stem.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(options.output_dir, stem.parent)  # never through a symlink planted in OUT
         records: list[MapRecord] = []
         for cam, class_index, probability in zip(maps, classes, probabilities, strict=True):
             paths = output_paths(stem, class_index, explainer.config.method)

@@ -19,8 +19,9 @@ import click
 
 from scorecam_cli import __version__
 from scorecam_cli.cli.catalog import layers, models
+from scorecam_cli.cli.escaping import escape_line
 from scorecam_cli.cli.evaluate import eval_command
-from scorecam_cli.cli.output import StdoutClosed, escape_field, log, silence_records
+from scorecam_cli.cli.output import StdoutClosed, log, silence_records
 from scorecam_cli.cli.report import report
 from scorecam_cli.cli.run import run
 
@@ -72,7 +73,7 @@ def entry_point() -> None:
         from scorecam_cli.errors import first_line
 
         log.debug("traceback:", exc_info=True)
-        reason = escape_field(f"{type(exc).__name__}: {first_line(exc)}")
+        reason = escape_line(f"{type(exc).__name__}: {first_line(exc)}")
         click.echo(f"scorecam: error: {reason}", err=True)
         sys.exit(1)
     _exit_now(code if isinstance(code, int) else 0)

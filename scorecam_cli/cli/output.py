@@ -12,6 +12,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
+from scorecam_cli.cli.escaping import escape_line
+
 if TYPE_CHECKING:
     from scorecam_cli.events import Failure
 
@@ -73,11 +75,11 @@ def emit(line: str, end: str = "\n") -> None:
 
 
 def report_failure(failure: Failure) -> None:
-    """One line on stderr naming the file and the reason, escaped as records are (a name with a
-    newline or a terminal escape stays on its line and never reaches the terminal raw)."""
+    """One line on stderr naming the file and the reason, control characters escaped (a name
+    with a newline or a terminal escape stays on its line and never reaches the terminal raw)."""
     reason = failure.reason
     text = reason if reason.startswith(failure.input) else f"{failure.input}: {reason}"
-    click.echo(f"scorecam: error: {escape_field(text)}", err=True)
+    click.echo(f"scorecam: error: {escape_line(text)}", err=True)
 
 
 @contextmanager
@@ -91,32 +93,3 @@ def progress() -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
-
-
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def escape_field(text: str) -> str:
-    """Backslash, tab, newline, CR -> \\\\ \\t \\n \\r; other control characters and bytes that are
-    not UTF-8 (surrogate escapes) -> \\xHH. Everything else is kept."""
-    if text.isprintable() and "\\" not in text and utf8(text):
-        return text
-    out = []
-    for char in text:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8
-            out.append(f"\\x{ord(char) - 0xDC00:02x}")
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\x{ord(char):02x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

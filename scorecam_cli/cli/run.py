@@ -17,6 +17,7 @@ import click
 
 from scorecam_cli.choices import METHODS
 from scorecam_cli.cli.common import Fatal, UsageFailure, user_errors
+from scorecam_cli.cli.escaping import escape_field, is_utf8
 from scorecam_cli.cli.options import (
     METHOD_HELP,
     cam_options,
@@ -24,14 +25,7 @@ from scorecam_cli.cli.options import (
     model_options,
     workers_option,
 )
-from scorecam_cli.cli.output import (
-    emit,
-    escape_field,
-    progress,
-    protect_stdout,
-    report_failure,
-    utf8,
-)
+from scorecam_cli.cli.output import emit, progress, protect_stdout, report_failure
 from scorecam_cli.cli.report import write_report
 from scorecam_cli.cli.scale import ScaleOptions, scale_options
 from scorecam_cli.spec import CamConfig, ComputeSpec, ExplainSpec, LayerSpec, ModelSpec
@@ -170,7 +164,7 @@ def run(
         raise click.UsageError("give either --skip-existing or --overwrite, not both")
     if class_names and top_k != 1:
         raise click.UsageError("give either --class or --top-k, not both")
-    check_writable(output)
+    check_writable(output, scale.run_options()["manifest_name"])
     spec = ExplainSpec(
         model, layer, replace(cam, method=method), compute, input_size, class_names, top_k
     )
@@ -220,7 +214,7 @@ def run(
             f"{', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))})"
         )
     if make_report:
-        log.info("report: %s", write_report(output))
+        log.info("report: %s", write_report(output, limits=limits))
     ctx.exit(1 if tally.failed else 0)
 
 
@@ -242,13 +236,20 @@ def _interrupts(stop: StopRequest) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def check_writable(output: Path) -> None:
+def check_writable(output: Path, manifest_name: str) -> None:
     """Fail before any model pass when OUT cannot be written to (nothing is created here): a
     probe file in OUT when it exists, else the nearest existing folder above it must be one we
-    may write to."""
+    may write to; OUT's manifest must be no symlink, FIFO or folder."""
     import os
     import tempfile
 
+    from scorecam_cli.errors import OutputWrite
+    from scorecam_cli.manifest import check_manifest_target
+
+    try:
+        check_manifest_target(output / manifest_name)
+    except OutputWrite as exc:
+        raise Fatal(f"cannot write to the output folder {output}: {exc}") from None
     try:
         if output.is_dir():
             with tempfile.NamedTemporaryFile(dir=output, prefix=".scorecam-check-"):
@@ -273,5 +274,5 @@ def format_record(record: MapRecord, record_format: str, null: bool = False) -> 
     values = asdict(record)
     if record_format == "jsonl":
         text = json.dumps(values, ensure_ascii=False, allow_nan=False)
-        return text if utf8(text) else json.dumps(values, allow_nan=False)
+        return text if is_utf8(text) else json.dumps(values, allow_nan=False)
     return "\t".join("" if v is None else escape_field(str(v)) for v in values.values())

@@ -11,13 +11,18 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from scorecam_cli.errors import ScoreCamError
-from scorecam_cli.manifest import Manifest, manifest_files, read_manifest
+from scorecam_cli.confined import check_real_folders, resolved
+from scorecam_cli.errors import OutputWrite, ScoreCamError
+from scorecam_cli.file_limits import DEFAULT_LIMITS, Limits
+from scorecam_cli.manifest import PART_GLOB, Manifest, manifest_files, read_manifest
+from scorecam_cli.manifest_lines import PATHS
+from scorecam_cli.outputs import parse_output_name
 from scorecam_cli.render import write_atomic
 from scorecam_cli.report.thumbnails import THUMB_SUFFIX, write_thumbnails
 
@@ -43,13 +48,27 @@ class ReportResult:
     problems: list[str] = field(default_factory=list)
 
 
-def build_report(root: Path, html: Path | None = None, thumb_size: int = 192) -> ReportResult:
-    """Write the report of run folder ``root`` to ``html`` (default ``root/report.html``)."""
+def build_report(
+    root: Path,
+    html: Path | None = None,
+    thumb_size: int = 192,
+    limits: Limits = DEFAULT_LIMITS,
+) -> ReportResult:
+    """Write the report of run folder ``root`` to ``html`` (default ``root/report.html``).
+
+    The manifest is untrusted (see :mod:`scorecam_cli.manifest`); overlays and inputs are read
+    under ``limits``. Nothing is written through a symlinked folder below ``root`` (or below the
+    page's folder when it lies outside ``root``); OutputWrite when the page would replace the
+    manifest, a map's file or an input, or would go through such a folder.
+    """
     if not manifest_files(root):
         raise NoManifest(f"{root}: no manifest.jsonl; write one with `scorecam run ... -o {root}`")
     html = html if html is not None else root / REPORT_NAME
     manifest = read_manifest(root, require_files=True)
+    _refuse_target(html, manifest)
     thumbs = html.parent / f"{html.stem}-files" / f"w{thumb_size}"
+    base = root if _lexically_inside(html, root) else html.parent
+    check_real_folders(base, thumbs)
     result = ReportResult(html, problems=list(manifest.problems))
     jobs: list[tuple[Path, Path]] = []
     cards: dict[str, dict[str, Any]] = {}
@@ -63,9 +82,9 @@ def build_report(root: Path, html: Path | None = None, thumb_size: int = 192) ->
         if key not in cards:
             cards[key] = _new_card(manifest, entry, thumbs, jobs, result)
         cards[key]["maps"].append(_map_data(entry, overlay, thumb, html.parent))
-    stats = write_thumbnails(jobs, thumb_size)
+    stats = write_thumbnails(jobs, thumb_size, base, limits)
     result.thumbnails_written, result.thumbnails_reused = stats.written, stats.reused
-    result.problems.extend(stats.failed.values())
+    result.problems.extend(dict.fromkeys(stats.failed.values()))  # a bad folder: said once
     failed = {_link(target, html.parent) for target in stats.failed}
     for card in cards.values():
         if card["original"] in failed:
@@ -75,6 +94,36 @@ def build_report(root: Path, html: Path | None = None, thumb_size: int = 192) ->
     result.cards, result.maps = len(cards), len(manifest.entries)
     _write_page(html, list(cards.values()), root)
     return result
+
+
+def _refuse_target(html: Path, manifest: Manifest) -> None:
+    """OutputWrite when ``html`` is a file of the run: its manifest (or a part's name), one of
+    its maps' files (or a name of ours inside OUT), or an input."""
+    target = resolved(html.parent) / html.name  # the page replaces a symlink, never follows it
+    root = resolved(manifest.root)
+    named: dict[Path, str] = {}
+
+    def name(path: Path | None, what: str) -> None:
+        if path is not None:  # as named in its folder, and where it leads
+            named[resolved(path.parent) / path.name] = named[resolved(path)] = what
+
+    for path in manifest_files(manifest.root):
+        name(path, "manifest")
+    for entry in manifest.entries:
+        for key in PATHS:
+            name(manifest.path_of(entry, key), f"{key} file")
+        name(manifest.input_of(entry), "input")
+    what = named.get(target)
+    if what is None and target.parent == root and fnmatch(target.name, PART_GLOB):
+        what = "manifest"
+    if what is None and target.is_relative_to(root) and parse_output_name(target.name):
+        what = "output"
+    if what is not None:
+        raise OutputWrite(f"{html}: is one of the run's files (its {what}); give -o another name")
+
+
+def _lexically_inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 def _new_card(
@@ -136,8 +185,9 @@ def _write_page(html: Path, cards: list[dict[str, Any]], root: Path) -> None:
     env = Environment(loader=FileSystemLoader(str(folder)), autoescape=select_autoescape(["html"]))
     methods = sorted({str(m["method"]) for card in cards for m in card["maps"]})
     data = {"cards": cards, "methods": methods, "page_size": PAGE_SIZE}
+    name = os.fsencode(resolved(root).name).decode("utf-8", "replace")  # the page is UTF-8
     page = env.get_template("report.html").render(
-        title=f"scorecam report: {root.resolve().name}",
+        title=f"scorecam report: {name}",
         data_json=_script_json(data),
         script=(folder / "report.js").read_text(encoding="utf-8"),
         style=(folder / "report.css").read_text(encoding="utf-8"),
@@ -150,5 +200,5 @@ def _write_page(html: Path, cards: list[dict[str, Any]], root: Path) -> None:
 
 def _script_json(data: Mapping[str, Any]) -> str:
     """JSON safe inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` left."""
-    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    text = json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -1,5 +1,8 @@
 """Small WebP copies of overlays and inputs for the report, made with OpenCV.
 
+Sources are read as ``run`` reads its inputs: regular files only, under the same size and
+pixel limits, decoded from bytes read here.
+
 A thumbnail takes its source's modification time, so a rebuild reuses every thumbnail whose
 source is unchanged (same mtime) and remakes the others. Writes are atomic (hidden temporary file,
 then rename), so a killed build never leaves half an image behind.
@@ -16,7 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from scorecam_cli.confined import make_folder
 from scorecam_cli.errors import ImageRead, OutputWrite
+from scorecam_cli.file_limits import DEFAULT_LIMITS, Limits, image_bytes
 from scorecam_cli.render import write_atomic
 
 THUMB_SUFFIX = ".webp"
@@ -50,17 +55,33 @@ def is_current(source: Path, target: Path) -> bool:
         return False
 
 
-def write_thumbnail(source: Path, target: Path, max_side: int) -> bool:
+def read_colour(source: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """(H, W, 3) uint8 BGR of an image file, under the limits ``run`` applies to its inputs (a
+    regular file, its size, its header's pixel count), decoded from bytes read here: OpenCV
+    never opens the path itself (a name that is not UTF-8 crashes ``cv2.imread``)."""
+    data = image_bytes(source, limits)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
+        raise ImageRead(f"{source}: OpenCV could not decode it")
+    if image.shape[0] * image.shape[1] > limits.max_pixels:  # a format without a header we read
+        raise ImageRead(f"{source}: over the limit of {limits.max_pixels:,} pixels (--max-pixels)")
+    return np.asarray(image)
+
+
+def write_thumbnail(
+    source: Path, target: Path, max_side: int, limits: Limits = DEFAULT_LIMITS
+) -> bool:
     """Write ``target`` from ``source`` unless it is current; True when it was (re)written.
 
-    Raises ImageRead when ``source`` cannot be decoded, OutputWrite when ``target`` cannot be
-    written.
+    Raises ImageRead when ``source`` cannot be read under ``limits`` or decoded, OutputWrite when
+    ``target`` cannot be written.
     """
     if is_current(source, target):
         return False
-    image = cv2.imread(str(source), cv2.IMREAD_COLOR)  # (H, W, 3) BGR
-    if image is None:
-        raise ImageRead(f"{source}: OpenCV could not decode it")
+    image = read_colour(source, limits)  # (H, W, 3) BGR
     ok, encoded = cv2.imencode(
         THUMB_SUFFIX, shrink(image, max_side), [cv2.IMWRITE_WEBP_QUALITY, QUALITY]
     )
@@ -70,14 +91,21 @@ def write_thumbnail(source: Path, target: Path, max_side: int) -> bool:
     return True
 
 
-def write_thumbnails(jobs: Sequence[tuple[Path, Path]], max_side: int) -> ThumbnailStats:
-    """Make every ``(source, target)`` thumbnail, on a few threads (OpenCV releases the GIL)."""
+def write_thumbnails(
+    jobs: Sequence[tuple[Path, Path]],
+    max_side: int,
+    base: Path,
+    limits: Limits = DEFAULT_LIMITS,
+) -> ThumbnailStats:
+    """Make every ``(source, target)`` thumbnail, on a few threads (OpenCV releases the GIL);
+    the targets' folders are made below ``base`` only through real folders, never a symlink."""
     stats = ThumbnailStats()
 
     def one(job: tuple[Path, Path]) -> tuple[Path, bool | str]:
         source, target = job
         try:
-            return target, write_thumbnail(source, target, max_side)
+            make_folder(base, target.parent)
+            return target, write_thumbnail(source, target, max_side, limits)
         except (ImageRead, OutputWrite) as exc:
             return target, str(exc)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scorecam_cli.errors import ImageRead
+from scorecam_cli.image_headers import image_size
 
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -37,20 +38,8 @@ DEFAULT_LIMITS = Limits()
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(H, W) from the image header alone (Pillow parses headers lazily); None if unknown."""
-    import io
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except Exception:  # any header Pillow cannot parse: OpenCV decides
-        return None
-    return int(height), int(width)
+    """(H, W) from the image header alone (:mod:`scorecam_cli.image_headers`); None if unknown."""
+    return image_size(data)
 
 
 def read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:

@@ -22,7 +22,7 @@ from typing import IO
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from scorecam_cli.errors import ImageRead
 from scorecam_cli.file_limits import (
@@ -35,6 +35,8 @@ from scorecam_cli.file_limits import (
     read_bytes,
     truncation,
 )
+from scorecam_cli.handover import CopiedImage, for_handover, receiver
+from scorecam_cli.image_headers import FORMATS
 
 # OpenCV logs its own warnings and errors to stderr; we report failures ourselves, in one line.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -184,16 +186,18 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB; raise ImageRead with a one-line reason.
 
     Only regular files up to ``limits.max_file_bytes`` are read, and only images whose header
-    gives at most ``limits.max_pixels`` pixels are decoded. EXIF orientation is applied, gray is
-    expanded to 3 channels, alpha is composited over white, and 16-bit or float images are
-    scaled to 8 bits (value / 257 for 16-bit).
+    gives at most ``limits.max_pixels`` pixels are decoded (no size in the header: refused).
+    EXIF orientation is applied, gray is expanded to 3 channels, alpha is composited over white,
+    and 16-bit or float images are scaled to 8 bits (value / 257 for 16-bit).
     """
     data = read_bytes(path, limits.max_file_bytes)
     problem = truncation(data)
     if problem is not None:
         raise ImageRead(f"{path}: {problem}")
     size = header_size(data)
-    if size is not None and size[0] * size[1] > limits.max_pixels:
+    if size is None:  # refused, never decoded to find out how large it is
+        raise ImageRead(f"{path}: not a {FORMATS} image (no image size in its header)")
+    if size[0] * size[1] > limits.max_pixels:
         raise ImageRead(
             f"{path}: {size[1]}x{size[0]} is {size[0] * size[1]:,} pixels, over the limit of "
             f"{limits.max_pixels:,} (--max-pixels)"
@@ -207,7 +211,7 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     raw = oriented if jpeg else _decode(buffer, cv2.IMREAD_UNCHANGED)  # (H, W[, C]), any depth
     if raw is None:
         raise ImageRead(f"{path}: not an image OpenCV can decode")
-    if raw.shape[0] * raw.shape[1] > limits.max_pixels:  # a format whose header we cannot read
+    if raw.shape[0] * raw.shape[1] > limits.max_pixels:  # larger than its header said
         raise ImageRead(
             f"{path}: {raw.shape[0] * raw.shape[1]:,} pixels, over the limit of "
             f"{limits.max_pixels:,} (--max-pixels)"
@@ -339,7 +343,7 @@ def load_image(
     return LoadedImage(index, item, tensor, torch.from_numpy(image), None, warning)
 
 
-class ImageDataset(Dataset[LoadedImage]):
+class ImageDataset(Dataset[LoadedImage | CopiedImage]):
     """Map-style dataset whose keys are ``(index, InputImage)``: it decodes what it is handed."""
 
     def __init__(
@@ -354,9 +358,10 @@ class ImageDataset(Dataset[LoadedImage]):
         self.std = tuple(std)
         self.limits = limits
 
-    def __getitem__(self, key: tuple[int, InputImage]) -> LoadedImage:
+    def __getitem__(self, key: tuple[int, InputImage]) -> LoadedImage | CopiedImage:
         index, item = key
-        return load_image(index, item, self.size, self.mean, self.std, self.limits)
+        loaded = load_image(index, item, self.size, self.mean, self.std, self.limits)
+        return loaded if get_worker_info() is None else for_handover(loaded)
 
 
 def load_batches(
@@ -374,6 +379,7 @@ def load_batches(
     included with ``tensor=None`` and ``error`` set; this never raises for a bad file. A batch
     also ends once its images' header pixel counts reach ``limits.batch_pixels``. A worker
     killed from outside (the OOM killer) fails the images it had in hand; a fresh pool goes on.
+    With shared memory full, images are copied out of the workers instead (one warning).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -381,6 +387,7 @@ def load_batches(
         raise ValueError(f"workers must be 0 or more, got {workers}")
     numbered = enumerate(inputs)
     in_hand: deque[tuple[int, InputImage]] = deque()
+    receive = receiver()  # says once when shared memory was full
     while True:
         loader = DataLoader(
             ImageDataset(size, mean, std, limits),
@@ -392,7 +399,8 @@ def load_batches(
         batches = iter(loader)
         _default_sigchld()  # a dead worker is reported by the next fetch, not at a random point
         try:
-            for batch in batches:
+            for handed in batches:
+                batch = receive(handed)
                 done = {loaded.index for loaded in batch}
                 while in_hand and in_hand[0][0] in done:
                     in_hand.popleft()
@@ -440,7 +448,7 @@ def _numbered_batches(
         yield batch
 
 
-def _as_list(batch: list[LoadedImage]) -> list[LoadedImage]:
+def _as_list(batch: list[LoadedImage | CopiedImage]) -> list[LoadedImage | CopiedImage]:
     """collate_fn: keep the batch as a list (images differ in size and may have failed)."""
     return batch
 

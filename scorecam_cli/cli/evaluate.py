@@ -49,7 +49,7 @@ from scorecam_cli.cli.scale import shard_option
     type=click.IntRange(1),
     default=32,
     show_default=True,
-    help="Deletion/insertion steps.",
+    help="Deletion/insertion steps (at most the input size's pixel count).",
 )
 @click.option(
     "--sanity",

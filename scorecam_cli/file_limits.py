@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scorecam_cli.errors import ImageRead
-from scorecam_cli.image_headers import image_size
+from scorecam_cli.image_headers import image_size, jpeg_segments
 
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -150,15 +150,7 @@ def _jpeg_has_end(data: bytes) -> bool:
     Segments before the scan are skipped by their length, so an EXIF thumbnail's own end marker
     does not count; data after the end marker (as in motion photos) is allowed.
     """
-    pos = 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xDA:
-            break
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            pos += 2
-        else:
-            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return data.find(b"\xff\xd9", pos) != -1
+    stop = 2  # where the walk stopped: the scan's marker, or past the last segment it read
+    for marker, pos, after in jpeg_segments(data):
+        stop = pos if marker == 0xDA else after
+    return data.find(b"\xff\xd9", stop) != -1

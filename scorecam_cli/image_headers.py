@@ -41,26 +41,40 @@ def _png(data: bytes) -> Size | None:
 
 
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers
+_FILL = re.compile(rb"\xff+")
+MAX_SEGMENTS = 10_000  # JPEG markers, boxes or TIFF entries read: real files have tens
+
+
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, its offset, the offset after its segment) of the JPEG markers from the start of
+    the file to the first scan or the end of image (included); segments are skipped by their
+    length, fill bytes at once. Stops at anything that is no marker, and after MAX_SEGMENTS (a
+    file of nothing but tiny segments)."""
+    pos = 2
+    for _ in range(MAX_SEGMENTS):
+        if pos + 4 > len(data) or data[pos] != 0xFF:
+            return
+        fill = _FILL.match(data, pos)
+        pos = fill.end() - 1 if fill is not None else pos  # the last 0xFF before the marker
+        if pos + 4 > len(data):
+            return
+        marker = data[pos + 1]
+        if 0xD0 <= marker <= 0xD9 or marker in (0x01, 0xDA):  # no length of their own
+            after = pos + 2
+        else:
+            after = pos + 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        yield marker, pos, after
+        if marker in (0xD9, 0xDA):  # end of image, start of scan
+            return
+        pos = after
 
 
 def _jpeg(data: bytes) -> Size | None:
-    """The first frame header; segments before it are skipped by their length."""
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            pos += 2
-        elif marker in (0xD9, 0xDA):  # end of image or a scan before any frame header
-            return None
-        elif marker in _SOF:
+    """The first frame header, before the first scan."""
+    for marker, pos, _ in jpeg_segments(data):
+        if marker in _SOF:
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             return height, width
-        else:
-            pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
     return None
 
 
@@ -95,7 +109,7 @@ def _tiff(data: bytes) -> Size | None:
         count = struct.unpack(order + "Q", data[offset : offset + 8])[0]
         first, entry, value_at = offset + 8, 20, 12
     sides: dict[int, int] = {}
-    for at in range(first, first + entry * min(count, len(data) // entry), entry):
+    for at in range(first, first + entry * min(count, MAX_SEGMENTS), entry):
         tag, kind = struct.unpack(order + "HH", data[at : at + 4])
         if tag in (256, 257):
             form = {3: "H", 4: "I", 16: "Q"}.get(kind)  # SHORT, LONG, LONG8
@@ -143,7 +157,9 @@ def _sun(data: bytes) -> Size | None:
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
     """ISO base media boxes in ``data[start:end]`` (JPEG 2000, AVIF): (type, payload, end)."""
-    while start + 8 <= end:
+    for _ in range(MAX_SEGMENTS):
+        if start + 8 > end:
+            return
         size, kind = struct.unpack(">I4s", data[start : start + 8])
         header = 8
         if size == 1:  # a 64-bit size follows
@@ -156,7 +172,8 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]
         start += size
 
 
-def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+def _box(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    """(payload, end) of the first box of type ``kind`` in ``data[start:end]``, if any."""
     return next(((s, e) for k, s, e in _boxes(data, start, end) if k == kind), None)
 
 
@@ -164,8 +181,8 @@ def _jpeg2000(data: bytes) -> Size | None:
     if data.startswith(b"\xff\x4f\xff\x51"):  # a bare codestream: SIZ, less the image offset
         width, height, left, top = struct.unpack(">IIII", data[8:24])
         return height - top, width - left
-    header = _child(data, 0, len(data), b"jp2h")
-    image = header and _child(data, *header, b"ihdr")
+    header = _box(data, 0, len(data), b"jp2h")
+    image = header and _box(data, *header, b"ihdr")
     if not image:
         return None
     height, width = struct.unpack(">II", data[image[0] : image[0] + 8])
@@ -175,9 +192,9 @@ def _jpeg2000(data: bytes) -> Size | None:
 def _avif(data: bytes) -> Size | None:
     """The largest image spatial extent (``ispe``) of the item properties: the primary image's
     or a grid's whole canvas (thumbnails and tiles are smaller)."""
-    meta = _child(data, 0, len(data), b"meta")  # a full box: 4 bytes of version and flags
-    properties = meta and _child(data, meta[0] + 4, meta[1], b"iprp")
-    container = properties and _child(data, *properties, b"ipco")
+    meta = _box(data, 0, len(data), b"meta")  # a full box: 4 bytes of version and flags
+    properties = meta and _box(data, meta[0] + 4, meta[1], b"iprp")
+    container = properties and _box(data, *properties, b"ipco")
     if not container:
         return None
     sizes = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scorecam_cli.errors import ImageRead
-from scorecam_cli.image_headers import image_size, jpeg_segments
+from scorecam_cli.image_headers import FORMATS, image_size, jpeg_segments
 
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -133,6 +133,23 @@ def header_pixels(path: Path) -> int:
         os.close(fd)
     size = header_size(head)
     return size[0] * size[1] if size else 0
+
+
+def check_before_decoding(path: Path, data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise ImageRead when ``data``, the bytes of the file at ``path``, is visibly cut short, or
+    its header gives no image size (it is never decoded to find out), or more pixels than
+    ``limits.max_pixels``."""
+    problem = truncation(data)
+    if problem is not None:
+        raise ImageRead(f"{path}: {problem}")
+    size = header_size(data)
+    if size is None:
+        raise ImageRead(f"{path}: not a {FORMATS} image (no image size in its header)")
+    if size[0] * size[1] > limits.max_pixels:
+        raise ImageRead(
+            f"{path}: {size[1]}x{size[0]} is {size[0] * size[1]:,} pixels, over the limit of "
+            f"{limits.max_pixels:,} (--max-pixels)"
+        )
 
 
 def truncation(data: bytes) -> str | None:

@@ -11,19 +11,16 @@ that worker's next images. :func:`receiver` turns them back into tensors in the 
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from scorecam_cli.errors import first_line
-
-if TYPE_CHECKING:  # images imports this module
-    from scorecam_cli.images import LoadedImage
 
 log = logging.getLogger("scorecam_cli")
 COPIED = (
@@ -33,50 +30,63 @@ COPIED = (
 _shared_memory_failed: str | None = None  # in a worker: why shared memory failed, once it did
 
 
-@dataclass(frozen=True)
-class CopiedImage:
-    """A LoadedImage whose tensors travel by value through the pipe (``loaded`` holds none)."""
+class Decoded(Protocol):
+    """What a decoding worker hands over (images.LoadedImage)."""
 
-    loaded: LoadedImage
+    tensor: torch.Tensor | None  # (3, H, W) float32
+    pixels: torch.Tensor | None  # (H0, W0, 3) uint8
+
+
+D = TypeVar("D", bound=Decoded)
+
+
+@dataclass(frozen=True)
+class CopiedImage(Generic[D]):
+    """A decoded image whose tensors travel by value through the pipe (``loaded`` holds none)."""
+
+    loaded: D
     tensor: np.ndarray | None  # (3, H, W) float32
     pixels: np.ndarray | None  # (H0, W0, 3) uint8
     reason: str  # why shared memory could not take them
 
 
-def for_handover(loaded: LoadedImage) -> LoadedImage | CopiedImage:
+def for_handover(loaded: D) -> D | CopiedImage[D]:
     """In a worker: ``loaded`` with its tensors in shared memory, or a CopiedImage of it."""
     global _shared_memory_failed
-    tensors = [t for t in (loaded.tensor, loaded.pixels) if t is not None]
     if _shared_memory_failed is None:
         try:
-            for tensor in tensors:
-                tensor.share_memory_()
+            for tensor in (loaded.tensor, loaded.pixels):
+                if tensor is not None:
+                    tensor.share_memory_()
             return loaded
         except (RuntimeError, OSError) as error:  # "unable to allocate shared memory(shm)..."
             _shared_memory_failed = first_line(error)
+    bare = copy.copy(loaded)
+    bare.tensor, bare.pixels = None, None
     return CopiedImage(
-        dataclasses.replace(loaded, tensor=None, pixels=None),
+        bare,
         None if loaded.tensor is None else loaded.tensor.numpy(),
         None if loaded.pixels is None else loaded.pixels.numpy(),
         _shared_memory_failed,
     )
 
 
-def receiver() -> Callable[[list[LoadedImage | CopiedImage]], list[LoadedImage]]:
-    """In the main process: a function from a handed-over batch to its LoadedImages, which says
-    in one warning line, the first time only, that images are being copied."""
+def receiver(kind: type[D]) -> Callable[[list[D | CopiedImage[D]]], list[D]]:
+    """In the main process: a function from a handed-over batch to its images (of ``kind``),
+    which says in one warning line, the first time only, that images are being copied."""
     warned = False
 
-    def receive(batch: list[LoadedImage | CopiedImage]) -> list[LoadedImage]:
+    def receive(batch: list[D | CopiedImage[D]]) -> list[D]:
         nonlocal warned
-        images: list[LoadedImage] = []
+        images: list[D] = []
         for item in batch:
             if not isinstance(item, CopiedImage):
                 images.append(item)
                 continue
-            tensor = None if item.tensor is None else torch.from_numpy(item.tensor)
-            pixels = None if item.pixels is None else torch.from_numpy(item.pixels)
-            images.append(dataclasses.replace(item.loaded, tensor=tensor, pixels=pixels))
+            restored = copy.copy(item.loaded)
+            restored.tensor = None if item.tensor is None else torch.from_numpy(item.tensor)
+            restored.pixels = None if item.pixels is None else torch.from_numpy(item.pixels)
+            images.append(restored)
             if not warned:
                 log.warning(COPIED, item.reason)
                 warned = True

@@ -30,13 +30,11 @@ from scorecam_cli.file_limits import (
     JPEG_MAGIC,
     Limits,
     captured_stderr,
+    check_before_decoding,
     header_pixels,
-    header_size,
     read_bytes,
-    truncation,
 )
 from scorecam_cli.handover import CopiedImage, for_handover, receiver
-from scorecam_cli.image_headers import FORMATS
 
 # OpenCV logs its own warnings and errors to stderr; we report failures ourselves, in one line.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -73,6 +71,9 @@ class LoadedImage:
         if self.pixels is None:
             return (0, 0)
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+
+Handed = LoadedImage | CopiedImage[LoadedImage]  # what a decoding worker sends
 
 
 # ---------------------------------------------------------------------------- finding inputs
@@ -191,17 +192,7 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     and 16-bit or float images are scaled to 8 bits (value / 257 for 16-bit).
     """
     data = read_bytes(path, limits.max_file_bytes)
-    problem = truncation(data)
-    if problem is not None:
-        raise ImageRead(f"{path}: {problem}")
-    size = header_size(data)
-    if size is None:  # refused, never decoded to find out how large it is
-        raise ImageRead(f"{path}: not a {FORMATS} image (no image size in its header)")
-    if size[0] * size[1] > limits.max_pixels:
-        raise ImageRead(
-            f"{path}: {size[1]}x{size[0]} is {size[0] * size[1]:,} pixels, over the limit of "
-            f"{limits.max_pixels:,} (--max-pixels)"
-        )
+    check_before_decoding(path, data, limits)
     buffer = np.frombuffer(data, dtype=np.uint8)
     # IMREAD_COLOR applies EXIF orientation but gives 8-bit BGR without alpha (None for float).
     oriented = _decode(buffer, cv2.IMREAD_COLOR)  # (H, W, 3) uint8 BGR
@@ -343,7 +334,7 @@ def load_image(
     return LoadedImage(index, item, tensor, torch.from_numpy(image), None, warning)
 
 
-class ImageDataset(Dataset[LoadedImage | CopiedImage]):
+class ImageDataset(Dataset[Handed]):
     """Map-style dataset whose keys are ``(index, InputImage)``: it decodes what it is handed."""
 
     def __init__(
@@ -358,7 +349,7 @@ class ImageDataset(Dataset[LoadedImage | CopiedImage]):
         self.std = tuple(std)
         self.limits = limits
 
-    def __getitem__(self, key: tuple[int, InputImage]) -> LoadedImage | CopiedImage:
+    def __getitem__(self, key: tuple[int, InputImage]) -> Handed:
         index, item = key
         loaded = load_image(index, item, self.size, self.mean, self.std, self.limits)
         return loaded if get_worker_info() is None else for_handover(loaded)
@@ -387,7 +378,7 @@ def load_batches(
         raise ValueError(f"workers must be 0 or more, got {workers}")
     numbered = enumerate(inputs)
     in_hand: deque[tuple[int, InputImage]] = deque()
-    receive = receiver()  # says once when shared memory was full
+    receive = receiver(LoadedImage)  # says once when shared memory was full
     while True:
         loader = DataLoader(
             ImageDataset(size, mean, std, limits),
@@ -399,8 +390,7 @@ def load_batches(
         batches = iter(loader)
         _default_sigchld()  # a dead worker is reported by the next fetch, not at a random point
         try:
-            for handed in batches:
-                batch = receive(handed)
+            for batch in map(receive, batches):
                 done = {loaded.index for loaded in batch}
                 while in_hand and in_hand[0][0] in done:
                     in_hand.popleft()
@@ -448,7 +438,7 @@ def _numbered_batches(
         yield batch
 
 
-def _as_list(batch: list[LoadedImage | CopiedImage]) -> list[LoadedImage | CopiedImage]:
+def _as_list(batch: list[Handed]) -> list[Handed]:
     """collate_fn: keep the batch as a list (images differ in size and may have failed)."""
     return batch
 

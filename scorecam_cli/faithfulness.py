@@ -13,11 +13,11 @@ mean/std, saliency maps S (N, H, W) at the images' resolution (e.g.
 - **Increase in Confidence %**: ``100 * mean_i 1[Y_i < O_i]``. Higher is better.
 - **Deletion AUC** (RISE, Petsiuk et al. 2018): starting from ``X_i``, pixels are removed in
   order of decreasing saliency (ties: the lower flat index ``y * W + x`` first),
-  ``ceil(H * W / steps)`` pixels per step (``steps`` = 32 by default; the last step may remove
-  fewer), by setting all channels of a removed pixel to the baseline 0 in normalised space (= the
-  dataset's mean colour). ``p(c_i)`` is recorded after each step, from step 0 (the intact image)
-  to the image with every pixel removed, and the AUC is the trapezoidal area under p against the
-  fraction of pixels removed, in [0, 1]. Lower is better.
+  ``ceil(H * W / steps)`` pixels per step (``steps`` = 32 by default, at most ``H * W``; the last
+  step may remove fewer), by setting all channels of a removed pixel to the baseline 0 in
+  normalised space (= the dataset's mean colour). ``p(c_i)`` is recorded after each step, from
+  step 0 (the intact image) to the image with every pixel removed, and the AUC is the
+  trapezoidal area under p against the fraction of pixels removed, in [0, 1]. Lower is better.
 - **Insertion AUC** (RISE): the same, starting from a blurred copy of ``X_i`` and putting the
   original pixels back in the same order, up to the intact image; the AUC is against the fraction
   of pixels inserted. The blur is a Gaussian of kernel size 11 and sigma 5 (pixels; weights
@@ -199,7 +199,8 @@ def insertion_curve(
 
 
 def removal_fractions(pixels: int, steps: int = DEFAULT_STEPS) -> Tensor:
-    """Fraction of pixels changed after each step 0 ... ``steps``: (S + 1,), from 0 to 1."""
+    """Fraction of pixels changed after each step 0 ... S: (S + 1,), from 0 to 1, for
+    S = min(``steps``, ``pixels``)."""
     return _step_counts(pixels, steps, torch.device("cpu")).float() / pixels
 
 
@@ -226,9 +227,12 @@ def gaussian_blur(
 
 
 def _step_counts(pixels: int, steps: int, device: torch.device) -> Tensor:
-    """Pixels changed after each step 0 ... steps: min(k * ceil(pixels / steps), pixels)."""
+    """Pixels changed after each step 0 ... S: min(k * ceil(pixels / S), pixels), (S+1,), for
+    S = min(steps, pixels): more steps than pixels would only repeat the last image (the AUC is
+    the same), at a forward pass each."""
     if steps < 1:
         raise ValueError("steps must be at least 1")
+    steps = min(steps, pixels)
     per_step = math.ceil(pixels / steps)
     return (torch.arange(steps + 1, device=device) * per_step).clamp_max(pixels)  # (S+1,)
 
@@ -254,7 +258,7 @@ def _perturbation_curve(
     rank = torch.empty_like(order).scatter_(
         1, order, torch.arange(pixels, device=device).expand(n, -1)
     )
-    per_image = steps + 1
+    per_image = len(counts)  # steps + 1, at most pixels + 1
 
     def build(start: int, end: int) -> tuple[Tensor, Tensor]:
         item = torch.arange(start, end, device=device)
@@ -287,7 +291,8 @@ def faithfulness_scores(
 ) -> FaithfulnessScores:
     """Per-image Average Drop, Increase in Confidence, deletion and insertion of one batch.
 
-    Costs N * (2 * steps + 4) forward passes. Nothing leaves the device until :func:`summarise`.
+    Costs N * (2 * min(steps, H * W) + 4) forward passes. Nothing leaves the device until
+    :func:`summarise`.
     """
     original, explained = explained_probabilities(
         model, images, saliency, classes, batch_size=batch_size, precision=precision

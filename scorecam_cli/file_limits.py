@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from scorecam_cli.errors import ImageRead
+from scorecam_cli.image_headers import FORMATS, image_size, jpeg_segments
 
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,20 +40,8 @@ DEFAULT_LIMITS = Limits()
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(H, W) from the image header alone (Pillow parses headers lazily); None if unknown."""
-    import io
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except Exception:  # any header Pillow cannot parse: OpenCV decides
-        return None
-    return int(height), int(width)
+    """(H, W) from the image header alone (:mod:`scorecam_cli.image_headers`); None if unknown."""
+    return image_size(data)
 
 
 class NotRegularFile(OSError):
@@ -123,19 +112,11 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:
 def image_bytes(path: Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """The bytes of an image file that may be decoded under ``limits``; ImageRead otherwise.
 
-    A regular file of at most ``limits.max_file_bytes``, not visibly truncated, whose header (when
-    it has one we can read) announces at most ``limits.max_pixels`` pixels.
+    A regular file of at most ``limits.max_file_bytes``, not visibly truncated, whose header
+    announces at most ``limits.max_pixels`` pixels (see :func:`check_before_decoding`).
     """
     data = read_bytes(path, limits.max_file_bytes)
-    problem = truncation(data)
-    if problem is not None:
-        raise ImageRead(f"{path}: {problem}")
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > limits.max_pixels:
-        raise ImageRead(
-            f"{path}: {size[1]}x{size[0]} is {size[0] * size[1]:,} pixels, over the limit of "
-            f"{limits.max_pixels:,} (--max-pixels)"
-        )
+    check_before_decoding(path, data, limits)
     return data
 
 
@@ -195,6 +176,23 @@ def header_pixels(path: Path) -> int:
     return size[0] * size[1] if size else 0
 
 
+def check_before_decoding(path: Path, data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise ImageRead when ``data``, the bytes of the file at ``path``, is visibly cut short, or
+    its header gives no image size (it is never decoded to find out), or more pixels than
+    ``limits.max_pixels``."""
+    problem = truncation(data)
+    if problem is not None:
+        raise ImageRead(f"{path}: {problem}")
+    size = header_size(data)
+    if size is None:
+        raise ImageRead(f"{path}: not a {FORMATS} image (no image size in its header)")
+    if size[0] * size[1] > limits.max_pixels:
+        raise ImageRead(
+            f"{path}: {size[1]}x{size[0]} is {size[0] * size[1]:,} pixels, over the limit of "
+            f"{limits.max_pixels:,} (--max-pixels)"
+        )
+
+
 def truncation(data: bytes) -> str | None:
     """Why a JPEG or PNG is visibly cut short, else None (checked before OpenCV sees it)."""
     if data.startswith(JPEG_MAGIC) and not _jpeg_has_end(data):
@@ -210,15 +208,7 @@ def _jpeg_has_end(data: bytes) -> bool:
     Segments before the scan are skipped by their length, so an EXIF thumbnail's own end marker
     does not count; data after the end marker (as in motion photos) is allowed.
     """
-    pos = 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xDA:
-            break
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            pos += 2
-        else:
-            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return data.find(b"\xff\xd9", pos) != -1
+    stop = 2  # where the walk stopped: the scan's marker, or past the last segment it read
+    for marker, pos, after in jpeg_segments(data):
+        stop = pos if marker == 0xDA else after
+    return data.find(b"\xff\xd9", stop) != -1

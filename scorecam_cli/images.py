@@ -22,7 +22,7 @@ from typing import IO
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from scorecam_cli.errors import ImageRead
 from scorecam_cli.file_limits import (
@@ -33,6 +33,7 @@ from scorecam_cli.file_limits import (
     header_pixels,
     image_bytes,
 )
+from scorecam_cli.handover import CopiedImage, for_handover, receiver
 
 # OpenCV logs its own warnings and errors to stderr; we report failures ourselves, in one line.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -69,6 +70,9 @@ class LoadedImage:
         if self.pixels is None:
             return (0, 0)
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+
+Handed = LoadedImage | CopiedImage[LoadedImage]  # what a decoding worker sends
 
 
 # ---------------------------------------------------------------------------- finding inputs
@@ -182,9 +186,9 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB; raise ImageRead with a one-line reason.
 
     Only regular files up to ``limits.max_file_bytes`` are read, and only images whose header
-    gives at most ``limits.max_pixels`` pixels are decoded. EXIF orientation is applied, gray is
-    expanded to 3 channels, alpha is composited over white, and 16-bit or float images are
-    scaled to 8 bits (value / 257 for 16-bit).
+    gives at most ``limits.max_pixels`` pixels are decoded (no size in the header: refused).
+    EXIF orientation is applied, gray is expanded to 3 channels, alpha is composited over white,
+    and 16-bit or float images are scaled to 8 bits (value / 257 for 16-bit).
     """
     data = image_bytes(path, limits)
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -196,7 +200,7 @@ def read_image(path: Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     raw = oriented if jpeg else _decode(buffer, cv2.IMREAD_UNCHANGED)  # (H, W[, C]), any depth
     if raw is None:
         raise ImageRead(f"{path}: not an image OpenCV can decode")
-    if raw.shape[0] * raw.shape[1] > limits.max_pixels:  # a format whose header we cannot read
+    if raw.shape[0] * raw.shape[1] > limits.max_pixels:  # larger than its header said
         raise ImageRead(
             f"{path}: {raw.shape[0] * raw.shape[1]:,} pixels, over the limit of "
             f"{limits.max_pixels:,} (--max-pixels)"
@@ -328,7 +332,7 @@ def load_image(
     return LoadedImage(index, item, tensor, torch.from_numpy(image), None, warning)
 
 
-class ImageDataset(Dataset[LoadedImage]):
+class ImageDataset(Dataset[Handed]):
     """Map-style dataset whose keys are ``(index, InputImage)``: it decodes what it is handed."""
 
     def __init__(
@@ -343,9 +347,10 @@ class ImageDataset(Dataset[LoadedImage]):
         self.std = tuple(std)
         self.limits = limits
 
-    def __getitem__(self, key: tuple[int, InputImage]) -> LoadedImage:
+    def __getitem__(self, key: tuple[int, InputImage]) -> Handed:
         index, item = key
-        return load_image(index, item, self.size, self.mean, self.std, self.limits)
+        loaded = load_image(index, item, self.size, self.mean, self.std, self.limits)
+        return loaded if get_worker_info() is None else for_handover(loaded)
 
 
 def load_batches(
@@ -363,6 +368,7 @@ def load_batches(
     included with ``tensor=None`` and ``error`` set; this never raises for a bad file. A batch
     also ends once its images' header pixel counts reach ``limits.batch_pixels``. A worker
     killed from outside (the OOM killer) fails the images it had in hand; a fresh pool goes on.
+    With shared memory full, images are copied out of the workers instead (one warning).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -370,6 +376,7 @@ def load_batches(
         raise ValueError(f"workers must be 0 or more, got {workers}")
     numbered = enumerate(inputs)
     in_hand: deque[tuple[int, InputImage]] = deque()
+    receive = receiver(LoadedImage)  # says once when shared memory was full
     while True:
         loader = DataLoader(
             ImageDataset(size, mean, std, limits),
@@ -381,7 +388,7 @@ def load_batches(
         batches = iter(loader)
         _default_sigchld()  # a dead worker is reported by the next fetch, not at a random point
         try:
-            for batch in batches:
+            for batch in map(receive, batches):
                 done = {loaded.index for loaded in batch}
                 while in_hand and in_hand[0][0] in done:
                     in_hand.popleft()
@@ -429,7 +436,7 @@ def _numbered_batches(
         yield batch
 
 
-def _as_list(batch: list[LoadedImage]) -> list[LoadedImage]:
+def _as_list(batch: list[Handed]) -> list[Handed]:
     """collate_fn: keep the batch as a list (images differ in size and may have failed)."""
     return batch
 

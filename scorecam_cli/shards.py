@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -42,16 +43,16 @@ class Shard:
         return shard_of(item.relative, self.count) == self.index
 
 
+_SHARD = re.compile(r"([0-9]{1,9})/([0-9]{1,9})")  # ASCII digits only: int() takes "1_0", "١"
+
+
 def parse_shard(text: str) -> Shard:
-    """``"I/N"`` -> Shard(I, N); ValueError with a one-line reason otherwise."""
-    index, sep, count = text.partition("/")
-    try:
-        if not sep:
-            raise ValueError
-        return Shard(int(index), int(count))
-    except ValueError as error:
-        reason = str(error) or f"{text!r} is not I/N (e.g. 0/4 for the first of 4 shards)"
-        raise ValueError(reason) from None
+    """``"I/N"`` in ASCII digits -> Shard(I, N); ValueError with a one-line reason otherwise."""
+    found = _SHARD.fullmatch(text)
+    if found is None:
+        shown = repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+        raise ValueError(f"{shown} is not I/N in digits 0-9 (e.g. 0/4 for the first of 4 shards)")
+    return Shard(int(found[1]), int(found[2]))
 
 
 def shard_of(relative: PurePath, count: int) -> int:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from scorecam_cli.errors import ImageRead
+from scorecam_cli.image_headers import FORMATS
 from scorecam_cli.images import (
     IMAGE_SUFFIXES,
     InputImage,
@@ -23,6 +24,7 @@ from scorecam_cli.images import (
 )
 
 UNDECODABLE = "not an image OpenCV can decode"
+NO_SIZE = f"not a {FORMATS} image (no image size in its header)"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -240,8 +242,13 @@ def test_read_16_bit_rgba_png(tmp_path: Path) -> None:
     ("name", "data", "reason"),
     [
         ("empty.jpg", b"", "empty file"),
-        ("text.jpg", b"this is not a picture\n", UNDECODABLE),
-        ("garbage.png", b"\x89PNG\r\n\x1a\n" + bytes(100) + b"IEND", UNDECODABLE),
+        ("text.jpg", b"this is not a picture\n", NO_SIZE),
+        ("garbage.png", b"\x89PNG\r\n\x1a\n" + bytes(100) + b"IEND", NO_SIZE),
+        (
+            "broken.png",
+            b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\0\x02\0\0\0\x02\x08\x02\0\0\0junk" + b"IEND",
+            UNDECODABLE,
+        ),
     ],
 )
 def test_read_bad_files(tmp_path: Path, name: str, data: bytes, reason: str) -> None:

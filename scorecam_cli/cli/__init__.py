@@ -18,6 +18,7 @@ from typing import TextIO
 import click
 
 from scorecam_cli import __version__
+from scorecam_cli.cli.cache import cache
 from scorecam_cli.cli.catalog import layers, models
 from scorecam_cli.cli.escaping import escape_line
 from scorecam_cli.cli.evaluate import eval_command
@@ -40,6 +41,7 @@ def main(quiet: bool, verbose: bool) -> None:
     find . -name '*.jpg' | scorecam run - -o out explain a list of paths from stdin
     scorecam report heatmaps/                    a page to browse them: heatmaps/report.html
     scorecam layers resnet50                     the layers you can explain
+    scorecam cache                               the export cache (--clear empties it)
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("scorecam: %(message)s"))
@@ -48,7 +50,7 @@ def main(quiet: bool, verbose: bool) -> None:
     log.propagate = False
 
 
-for _command in (run, eval_command, report, models, layers):
+for _command in (run, eval_command, report, models, layers, cache):
     main.add_command(_command)
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger("scorecam_cli")
     type=click.IntRange(1),
     default=32,
     show_default=True,
-    help="Deletion/insertion steps.",
+    help="Deletion/insertion steps (at most the input size's pixel count).",
 )
 @click.option(
     "--sanity",

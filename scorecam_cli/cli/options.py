@@ -31,7 +31,9 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     parts = text.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+    if len(parts) not in (1, 2) or not all(
+        p.strip().isascii() and p.strip().isdigit() for p in parts
+    ):
         raise UsageFailure(f"--input-size {text!r}: give N or HxW, e.g. 224 or 240x320")
     sides = [int(p) for p in parts]
     if not all(MIN_SIDE <= side <= MAX_SIDE for side in sides):

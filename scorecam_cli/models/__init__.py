@@ -21,6 +21,7 @@ from scorecam_cli.models.base import (
     parse_class,
     weights_spec,
 )
+from scorecam_cli.models.seeding import seeded
 from scorecam_cli.models.torchvision_source import weights_cache_path
 from scorecam_cli.spec import EMBEDDED_MODEL
 
@@ -57,6 +58,7 @@ def available_models(pattern: str | None = None) -> list[str]:
     return names
 
 
+@seeded  # random weights are the same in every process
 def load_model(name: str = EMBEDDED_MODEL, weights: str | None = "DEFAULT") -> LoadedModel:
     """Load ``name`` in eval mode with ``weights``: DEFAULT, an enum name, ``none`` or a PATH.
 

@@ -44,3 +44,7 @@ class BadInputSize(ScoreCamError):
 class UnsupportedModel(ScoreCamError):
     """The model cannot be explained as it is: its output is no (N, classes) logits tensor, or its
     factory cannot be called safely."""
+
+
+class BadBoxFile(ScoreCamError):
+    """A box file (``--boxes``) cannot be read at all: missing, too large, not text, no header."""

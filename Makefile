@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Every optional extra the tests exercise: backends (fast), Ray, timm; bench adds the peers.
 EXTRAS ?= dev,fast,ray,timm
 
-.PHONY: install system-packages install-bench test lint bench bench-full bench-report bench-vit demo clean
+.PHONY: install system-packages install-bench test lint bench bench-full bench-report bench-vit bench-localisation demo clean
 
 install: system-packages
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-report: install
 # Exact Score-CAM seconds per image of vit_b_16 (random init) at 224 on the CPU. Run it alone.
 bench-vit: install
 	$(BIN)/python benchmarks/vit_cpu.py
+
+# Pointing game and energy pointing game of every method on four families trained from scratch
+# (tests/synthetic.py); trained weights are cached in benchmarks/results/cache/.
+bench-localisation: install
+	$(BIN)/python benchmarks/localisation.py
 
 demo:
 	$(BIN)/scorecam run sample_images/ -o scorecam-out/

@@ -30,9 +30,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from xml.etree import ElementTree
-from xml.parsers import expat
 
 from scorecam_cli.errors import BadBoxFile
+from scorecam_cli.safe_xml import BadXml, parse_xml
 
 COLUMNS = ("image", "class", "x0", "y0", "x1", "y1")
 MAX_CSV_BYTES = 256 * 1024 * 1024
@@ -203,13 +203,13 @@ class _ClassResolver:
     def report(self, log: _Warnings) -> None:
         for name, (reason, uses) in self.unknown.items():
             rows = f"{uses} box{'es' if uses > 1 else ''} skipped"
-            log.add(f"class {name!r}: {reason}; {rows}")
+            log.add(f"class {name[:60]!r}: {reason}; {rows}")
 
     def _resolve(self, name: str) -> tuple[int | None, str]:
         if not name:
             return None, "no class given"
         if re.fullmatch(r"[+-]?\d+", name):
-            index = int(name)
+            index = int(name) if len(name) <= 18 else 10**18  # no 5000-digit int() (ValueError)
             if index < 0:
                 return None, "a negative class index"
             if self.classes is not None and index >= self.classes:
@@ -344,9 +344,12 @@ def _read_voc_files(
     first_file: dict[str, Path] = {}
     for file in files:
         try:
-            root = _parse_xml(_read_bytes(file, MAX_XML_BYTES))
+            root = parse_xml(_read_bytes(file, MAX_XML_BYTES))
         except BadBoxFile as error:
             log.add(str(error).removeprefix(f"{file}: "), str(file))
+            continue
+        except BadXml as error:
+            log.add(str(error), str(file))
             continue
         found = _voc_boxes(root, resolver, log, str(file))
         if found is None:
@@ -388,34 +391,6 @@ def _voc_boxes(
         if box is not None:
             boxes.append(box)
     return key, boxes
-
-
-class _RefusedXml(Exception):
-    """The document declares a DTD or entities."""
-
-
-def _parse_xml(data: bytes) -> ElementTree.Element:
-    """The document's root, parsed by expat into an ElementTree; DTDs and entities refused."""
-    builder = ElementTree.TreeBuilder()
-    parser = expat.ParserCreate()
-
-    def refuse(*_: object) -> None:
-        raise _RefusedXml("it declares a DTD or entities (<!DOCTYPE>), which are refused")
-
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    parser.UnparsedEntityDeclHandler = refuse
-    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]
-    parser.StartElementHandler = builder.start
-    parser.EndElementHandler = builder.end
-    parser.CharacterDataHandler = builder.data
-    try:
-        parser.Parse(data, True)
-        return builder.close()
-    except _RefusedXml as error:
-        raise BadBoxFile(f"not read: {error}") from None
-    except (expat.ExpatError, ValueError, TypeError) as error:
-        raise BadBoxFile(f"not valid XML ({error})") from None
 
 
 # -- Reading files --------------------------------------------------------------------------------

@@ -196,9 +196,9 @@ FAMILIES = {
     family.name: family
     for family in (
         Family("cnn", build_cnn, steps=300, lr=3e-3),
-        Family("vit", build_vit, steps=1500, lr=1e-3),
-        Family("swin", build_swin, steps=800, lr=1e-3),
-        Family("convnext", build_convnext, steps=800, lr=2e-3),
+        Family("vit", build_vit, steps=600, lr=1e-3),
+        Family("swin", build_swin, steps=500, lr=1e-3),
+        Family("convnext", build_convnext, steps=500, lr=2e-3),
     )
 }
 

@@ -178,12 +178,15 @@ def test_hostile_csv_rows_give_one_warning_each(tmp_path: Path):
         "a.jpg,3,1,1,5,5\n"  # line 10: index out of range
         "a.jpg,-1,1,1,5,5\n"  # line 11: negative
         "a.jpg,0,1\n"  # line 12: too few fields
-        ",0,1,1,5,5\n",  # line 13: no image
+        ",0,1,1,5,5\n"  # line 13: no image
+        f"a.jpg,{'9' * 5000},1,1,5,5\n"  # line 14: a huge index
+        f"a.jpg,{'x' * 5000},1,1,5,5\n",  # line 15: a huge name, cut short in the warning
     )
     found = read_boxes(source, LABELS)
     assert dict(found.boxes) == {"ok.jpg": (Box(0, 1, 1, 5, 5),)}
     text = "\n".join(found.warnings)
-    assert len(found.warnings) == 10, text
+    assert len(found.warnings) == 12, text
+    assert max(len(line) for line in found.warnings) < 300
     assert all(line.startswith(str(source)) for line in found.warnings)
     for expected in (
         "line 3: x0 'abc' is not a finite number",
@@ -196,6 +199,8 @@ def test_hostile_csv_rows_give_one_warning_each(tmp_path: Path):
         "class 'horse': not one of the model's class names; 2 boxes skipped",
         "class '3': index out of range (the model has 3 classes)",
         "class '-1': a negative class index",
+        "class '99999999",
+        "class 'xxxxxxxx",
     ):
         assert expected in text, text
 
@@ -311,6 +316,8 @@ def test_hostile_voc_files_give_one_warning_each_and_the_rest_is_read(tmp_path: 
     two = ("cat", ("1", "1", "9", "9")), ("dog", ("5", "5", "9", "x"))  # the second one is bad
     write(folder / "a.xml", voc("a.jpg", *two))
     write(folder / "b.xml", BILLION_LAUGHS)
+    external = '<!DOCTYPE a SYSTEM "file:///etc/passwd"><annotation>&x;</annotation>'
+    write(folder / "b2.xml", external)
     write(folder / "c.xml", "<annotation><filename>c.jpg</filename><object>")  # truncated
     write(folder / "d.xml", "<svg><filename>d.jpg</filename></svg>")
     write(folder / "e.xml", voc("", ("cat", ("1", "1", "9", "9"))))
@@ -326,7 +333,8 @@ def test_hostile_voc_files_give_one_warning_each_and_the_rest_is_read(tmp_path: 
     assert set(found.boxes) == {"a.jpg"}  # only images with at least one good box
     for expected in (
         f"{folder / 'a.xml'}: object 2: ymax 'x' is not a finite number; box skipped",
-        f"{folder / 'b.xml'}: not read: it declares a DTD or entities",
+        f"{folder / 'b.xml'}: it declares a DTD or entities",
+        f"{folder / 'b2.xml'}: it declares a DTD or entities",
         f"{folder / 'c.xml'}: not valid XML",
         f"{folder / 'd.xml'}: not a Pascal VOC annotation (root <svg>",
         f"{folder / 'e.xml'}: no <filename>",
@@ -336,7 +344,7 @@ def test_hostile_voc_files_give_one_warning_each_and_the_rest_is_read(tmp_path: 
         "class 'zebra': not one of the model's class names; 2 boxes skipped",
     ):
         assert expected in text, text
-    assert len(found.warnings) == 9, text
+    assert len(found.warnings) == 10, text
 
 
 def test_synset_ids_without_timm_are_reported_as_unsupported(

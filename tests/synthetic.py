@@ -221,10 +221,10 @@ def train(
     batch_size: int = 32,
     seed: int = 0,
 ) -> Training:
-    """Train ``model`` in place on fresh scenes each step (AdamW, cosine decay, BCE per class).
+    """Train ``model`` in place on fresh scenes each step (AdamW, one-cycle, BCE per class).
 
-    Returns the model in eval mode and how training ended. Seeded: the same model, task, steps
-    and seed give the same weights on the same machine and thread count.
+    Leaves the model in eval mode and returns how training ended. Seeded: the same model, task,
+    steps and seed give the same weights on the same machine and thread count.
     """
     torch.manual_seed(seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)

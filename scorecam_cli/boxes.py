@@ -262,15 +262,16 @@ def _read_csv(source: Path, resolver: _ClassResolver, log: _Warnings) -> dict[st
             where = f"{source}: line {rows.line_num}"
             if not any(cell.strip() for cell in row):
                 continue
-            if len(row) < len(header):
-                log.add(f"{len(row)} fields, the header has {len(header)}; row skipped", where)
+            if len(row) <= max(at):
+                log.add(f"{len(row)} fields, too few for the header's columns; row skipped", where)
                 continue
             image, class_text, *numbers = (row[i] for i in at)
             key = _image_key(image)
-            box = _box(class_text, numbers, COLUMNS[2:], resolver, log, where)
             if key is None:
                 log.add("no image named; row skipped", where)
-            elif box is not None:
+                continue
+            box = _box(class_text, numbers, COLUMNS[2:], resolver, log, where)
+            if box is not None:
                 boxes.setdefault(key, []).append(box)
     except csv.Error as error:
         raise BadBoxFile(f"{source}: line {rows.line_num}: not readable as CSV ({error})") from None

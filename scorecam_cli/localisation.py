@@ -84,17 +84,12 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = DEFAULT_TOLERA
     _, height, width = maps.shape
     flat = maps.flatten(1).float()  # (N, H*W)
     peak = flat.argmax(dim=1)  # (N,): the first maximal pixel
-    peak_y, peak_x = peak // width, peak % width
-    reach = math.floor(tolerance)
-    steps = torch.arange(-reach, reach + 1, device=maps.device)
-    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
-    near = dy**2 + dx**2 <= tolerance**2
-    dy, dx = dy[near], dx[near]  # (D,) offsets within the tolerance disc
-    y = peak_y[:, None] + dy  # (N, D)
-    x = peak_x[:, None] + dx
-    valid = (y >= 0) & (y < height) & (x >= 0) & (x < width)
-    index = y.clamp(0, height - 1) * width + x.clamp(0, width - 1)  # (N, D)
-    touched = (masks.flatten(1).gather(1, index) & valid).any(dim=1)  # (N,)
+    peak_y, peak_x = (peak // width)[:, None, None], (peak % width)[:, None, None]  # (N, 1, 1)
+    rows = torch.arange(height, device=maps.device)[:, None]  # (H, 1)
+    cols = torch.arange(width, device=maps.device)[None, :]  # (1, W)
+    squared = (rows - peak_y) ** 2 + (cols - peak_x) ** 2  # (N, H, W) from each peak
+    nearest = squared.masked_fill(~masks, torch.iinfo(squared.dtype).max).amin(dim=(1, 2))  # (N,)
+    touched = nearest.double() <= tolerance**2
     constant = is_constant(flat.amin(dim=1), flat.amax(dim=1))
     return touched & ~constant
 

@@ -87,6 +87,7 @@ def test_pointing_game_against_hand_computed_distances():
     assert pointing_game(diagonal, box, tolerance=4.2).tolist() == [False]
     assert pointing_game(diagonal, box, tolerance=4.25).tolist() == [True]
     assert pointing_game(diagonal, box).tolist() == [True]  # the default tolerance is 15 px
+    assert pointing_game(beside, box, tolerance=1e12).tolist() == [True]  # no disc is built
 
 
 def test_pointing_game_ties_take_the_first_maximum_and_a_constant_map_misses():
@@ -178,7 +179,7 @@ def test_hostile_csv_rows_give_one_warning_each(tmp_path: Path):
         "a.jpg,3,1,1,5,5\n"  # line 10: index out of range
         "a.jpg,-1,1,1,5,5\n"  # line 11: negative
         "a.jpg,0,1\n"  # line 12: too few fields
-        ",0,1,1,5,5\n"  # line 13: no image
+        ",0,x,1,5,5\n"  # line 13: no image (one warning, though x0 is bad too)
         f"a.jpg,{'9' * 5000},1,1,5,5\n"  # line 14: a huge index
         f"a.jpg,{'x' * 5000},1,1,5,5\n",  # line 15: a huge name, cut short in the warning
     )
@@ -194,7 +195,7 @@ def test_hostile_csv_rows_give_one_warning_each(tmp_path: Path):
         "line 5: x1 'inf'",
         "line 6: empty box",
         "line 7: empty box",
-        "line 12: 3 fields, the header has 6",
+        "line 12: 3 fields, too few for the header's columns",
         "line 13: no image named",
         "class 'horse': not one of the model's class names; 2 boxes skipped",
         "class '3': index out of range (the model has 3 classes)",

@@ -364,6 +364,34 @@ def test_synset_ids_without_timm_are_reported_as_unsupported(
 # -- A trained CNN on the synthetic task ----------------------------------------------------------
 
 
+def test_synthetic_scenes_are_seeded_with_tight_separate_boxes():
+    task = SyntheticTask()
+    scenes = task.scenes(16, seed=5)
+    assert torch.equal(scenes.pixels, task.scenes(16, seed=5).pixels)
+    assert not torch.equal(scenes.pixels, task.scenes(16, seed=6).pixels)
+    assert scenes.targets.sum(dim=1).eq(task.objects).all()
+    assert scenes.targets.gather(1, scenes.labels).eq(1).all()
+    x0, y0, x1, y1 = scenes.boxes.unbind(-1)  # (N, O) each
+    assert (
+        (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= task.size).all() and (y1 <= task.size).all()
+    )
+    assert ((x1 - x0 >= 2 * task.min_radius) & (x1 - x0 <= 2 * task.max_radius + 1)).all()
+    first, second = scenes.boxes[:, 0], scenes.boxes[:, 1]
+    apart = (first[:, 2] <= second[:, 0]) | (second[:, 2] <= first[:, 0])
+    apart |= (first[:, 3] <= second[:, 1]) | (second[:, 3] <= first[:, 1])
+    assert apart.all()  # one grid cell each: the boxes never overlap
+    # Each box is tight: its border rows and columns hold object pixels (not the background).
+    for i in range(16):
+        for k in range(task.objects):
+            a, b, c, d = scenes.boxes[i, k].long().tolist()
+            patch = scenes.pixels[i, :, b:d, a:c]  # (3, h, w)
+            background = scenes.pixels[i].median()  # objects cover under a sixth of a scene
+            colour = (patch - background).abs().amax(dim=0) > 0.25  # (h, w): object pixels
+            assert (
+                colour[0].any() and colour[-1].any() and colour[:, 0].any() and colour[:, -1].any()
+            )
+
+
 @pytest.fixture(scope="session")
 def trained_cnn() -> tuple[torch.nn.Module, SyntheticTask]:
     """The synthetic task's CNN, trained once per session (150 steps, seconds on one thread)."""

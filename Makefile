@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,fast,ray,timm
 
 .PHONY: install system-packages install-bench test lint bench bench-full bench-report bench-vit \
-	cuda-wheels cuda-check cuda-check-dry demo clean
+	cuda-wheels cuda-check cuda-check-dry bench-localisation demo clean
 
 install: system-packages
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-report: install
 # Exact Score-CAM seconds per image of vit_b_16 (random init) at 224 on the CPU. Run it alone.
 bench-vit: install
 	$(BIN)/python benchmarks/vit_cpu.py
+
+# Pointing game and energy pointing game of every method on four families trained from scratch
+# (tests/synthetic.py); trained weights are cached in benchmarks/results/cache/.
+bench-localisation: install
+	$(BIN)/python benchmarks/localisation.py
 
 # The CUDA check (benchmarks/cuda_check.sh, issue 22). cuda-wheels fills .whl/ with what the
 # device machine's Python 3.12 lacks: the embedded model's packages and the peers, all pure

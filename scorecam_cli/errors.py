@@ -62,3 +62,7 @@ class OutputWrite(ScoreCamError):
 
 class BackendUnavailable(ScoreCamError):
     """The inference backend asked for is not installed, or cannot run on this device/precision."""
+
+
+class BadBoxFile(BadRequest):
+    """A box file (``--boxes``) cannot be read at all: missing, too large, not text, no header."""

@@ -49,10 +49,11 @@ def _read_text(path: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
         raise BadLabels(f"--labels {path}: cannot read ({error.strerror or error})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a folder, FIFO or device: never read
+        os.close(fd)
+        raise BadLabels(f"--labels {path}: not a regular file")
     with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BadLabels(f"--labels {path}: not a regular file")
         if info.st_size > MAX_BYTES:
             raise BadLabels(f"--labels {path}: over {MAX_BYTES // 2**20} MB; not a labels file")
         try:

@@ -228,3 +228,20 @@ def test_layers_describes_what_was_inferred(tmp_path):
     said = result.stderr
     assert "2 classes" in said and "1 input channel (grayscale)" in said
     assert "head sigmoid (binary: class 0 negative, class 1 positive)" in said
+
+
+@pytest.mark.parametrize(
+    "name", ["vgg11", "googlenet", "mobilenet_v3_small", "convnext_tiny", "vit_b_16", "swin_t"]
+)
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_head_and_stem_are_found_in_every_family(name):
+    """On the meta device (shapes only): a 7-class, 1-channel checkpoint of each family."""
+    from scorecam_cli.models.checkpoints import fit_of, replace_stem
+    from scorecam_cli.models.torchvision_source import fitted_builder
+
+    with torch.device("meta"):
+        source = torchvision.models.get_model(name, weights=None, num_classes=7)
+        stem = next(k for k, m in source.named_modules() if isinstance(m, nn.Conv2d))
+        replace_stem(source, stem, 1)
+    fit = fit_of(fitted_builder(name), source.state_dict())
+    assert fit is not None and (fit.num_classes, fit.in_chans, fit.stem) == (7, 1, stem)

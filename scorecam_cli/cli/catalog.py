@@ -44,9 +44,11 @@ def models(pattern: str | None, weights: str | None) -> None:
             return
         for name, fit in checkpoint_fits(names, weights):
             click.echo(name)
-            head = Head.of("auto", fit.num_classes or 1000)
             built = f"built with {fit.describe()}" if fit.describe() else "as built by default"
-            log.info("%s: fits %s, %s; head %s", name, weights, built, head.describe())
+            head = (
+                f"; head {Head.of('auto', fit.num_classes).describe()}" if fit.num_classes else ""
+            )
+            log.info("%s: fits %s, %s%s", name, weights, built, head)
 
 
 @click.command()

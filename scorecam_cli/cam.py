@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from scorecam_cli.choices import GRADIENT_METHODS
 from scorecam_cli.devices import as_model_input, precision_context, single_torch_thread
 from scorecam_cli.errors import UnsupportedModel
+from scorecam_cli.heads import Head
 from scorecam_cli.layers import LayerRef, capture, parse_layer
 from scorecam_cli.spec import CamConfig
 
@@ -51,7 +52,10 @@ FirstPass = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 @dataclass(frozen=True)
 class CamResult:
-    """Maps and targets of a batch: maps (N, T, h, w) raw float32, the rest (N, T)."""
+    """Maps and targets of a batch: maps (N, T, h, w) raw float32, the rest (N, T).
+
+    ``probabilities`` are the head's (:mod:`scorecam_cli.heads`), ``logits`` the class scores
+    (the logits; -z for a binary model's negative class)."""
 
     maps: Tensor
     classes: Tensor
@@ -120,13 +124,17 @@ def score_cams(
         raise ValueError(f"{config.method} needs gradients: use compute_cams with a torch model")
     with torch.inference_mode(), precision_context(images.device, config.precision):
         logits, acts = first_pass(images)  # (N, C), (N, K, h, w)
+        head = Head.of(config.head, logits.shape[1])
         logits, acts = _rows(logits, len(images)).float(), _rows(acts, len(images)).float()
-        targets = _targets(logits, classes, top_k)  # (N, T)
+        class_scores = head.scores(logits)  # (N, classes)
+        targets = _targets(class_scores, classes, top_k)  # (N, T)
         with single_torch_thread(separate_backend and images.device.type == "cpu"):
-            scores, chosen, counts = _channel_scores(score_batch, images, acts, targets, config)
+            scores, chosen, counts = _channel_scores(
+                score_batch, images, acts, targets, config, head
+            )
         weights = _weights(scores, chosen, config.weighting)  # (N, K, T)
         maps = torch.einsum("nkt,nkhw->nthw", weights, acts).relu()  # (N, T, h, w)
-    return _result(maps, targets, logits, counts)
+    return _result(maps, targets, class_scores, counts, head)
 
 
 def torch_first_pass(model: nn.Module, ref: LayerRef) -> FirstPass:
@@ -171,13 +179,13 @@ def normalise_maps_(maps: Tensor) -> Tensor:
     return maps.sub_(low).div_(safe).masked_fill_(is_constant(low, high), 0.0)
 
 
-def _targets(logits: Tensor, classes: Tensor | Sequence[int] | None, top_k: int) -> Tensor:
-    """Target classes (N, T) from logits (N, C): given ones, or the top ``top_k``."""
-    n, c = logits.shape
+def _targets(scores: Tensor, classes: Tensor | Sequence[int] | None, top_k: int) -> Tensor:
+    """Target classes (N, T) from class scores (N, C): given ones, or the top ``top_k``."""
+    n, c = scores.shape
     if classes is None:
-        return logits.topk(min(top_k, c), dim=1).indices
+        return scores.topk(min(top_k, c), dim=1).indices
     # A copy, so that classes from an inference-mode run can feed a gradient method.
-    targets = torch.as_tensor(classes, dtype=torch.long, device=logits.device).clone()
+    targets = torch.as_tensor(classes, dtype=torch.long, device=scores.device).clone()
     if targets.ndim == 1:
         targets = targets.expand(n, -1)  # (N, T)
     if targets.shape[0] != n or targets.numel() == 0:
@@ -195,13 +203,15 @@ class _PassCounts:
     saved_per_image: Tensor  # (N,)
 
 
-def _result(maps: Tensor, targets: Tensor, logits: Tensor, counts: _PassCounts) -> CamResult:
-    probabilities = logits.softmax(dim=1).gather(1, targets)
+def _result(
+    maps: Tensor, targets: Tensor, scores: Tensor, counts: _PassCounts, head: Head
+) -> CamResult:
+    """The result from maps (N, T, h, w), targets (N, T) and class scores (N, classes)."""
     return CamResult(
         maps=maps.float(),
         classes=targets,
-        probabilities=probabilities,
-        logits=logits.gather(1, targets),
+        probabilities=head.probabilities(scores).gather(1, targets),
+        logits=scores.gather(1, targets),
         forward_passes=counts.total,
         forward_passes_saved=counts.saved,
         image_passes=counts.per_image,
@@ -219,7 +229,12 @@ def _chosen_channels(acts: Tensor, config: CamConfig) -> Tensor:
 
 
 def _channel_scores(
-    forward: ScoreBatch, images: Tensor, acts: Tensor, targets: Tensor, config: CamConfig
+    forward: ScoreBatch,
+    images: Tensor,
+    acts: Tensor,
+    targets: Tensor,
+    config: CamConfig,
+    head: Head,
 ) -> tuple[Tensor, Tensor, _PassCounts]:
     """Score of each chosen channel's masked input for each target: (N, K, T).
 
@@ -238,7 +253,7 @@ def _channel_scores(
         unique, inverse = _unique_masks(flat, low, high, pairs)
     else:
         unique, inverse = pairs, None
-    score_of = _score_function(targets, config.weighting)
+    score_of = _score_function(targets, config.weighting, head)
     samples = config.samples if config.method in ("sscam", "iscam") else 1
     needs_zero = bool((chosen & ~todo).any())
     scores = torch.zeros(n, k, targets.shape[1], device=acts.device)  # (N, K, T)
@@ -277,13 +292,14 @@ def _unique_masks(flat: Tensor, low: Tensor, high: Tensor, pairs: Tensor) -> tup
 ScoreFunction = Callable[[Tensor, Tensor], Tensor]
 
 
-def _score_function(targets: Tensor, weighting: str) -> ScoreFunction:
-    """Turn logits (B, C) of masked inputs of images ``img`` (B,) into target scores (B, T)."""
+def _score_function(targets: Tensor, weighting: str, head: Head) -> ScoreFunction:
+    """Turn logits (B, C) of masked inputs of images ``img`` (B,) into target scores (B, T):
+    the class scores (``softmax`` weighting) or the head's probabilities (``prob``)."""
 
     def score(logits: Tensor, img: Tensor) -> Tensor:
-        values = logits.float()
+        values = head.scores(logits.float())  # (B, classes)
         if weighting == "prob":
-            values = values.softmax(dim=1)
+            values = head.probabilities(values)
         return values.gather(1, targets[img])
 
     return score
@@ -416,15 +432,18 @@ def _gradient_cams(
         with capture(model, ref, keep_graph=True) as seen:
             logits = model(inputs)  # (N, C)
         acts = seen.value()  # (N, K, h, w), in the graph
-        targets = _targets(logits.detach().float(), classes, top_k)  # (N, T)
+        head = Head.of(config.head, logits.shape[1])
+        scores = head.scores(logits)  # (N, classes)
+        targets = _targets(scores.detach().float(), classes, top_k)  # (N, T)
         maps = []
         for t in range(targets.shape[1]):
-            picked = logits.gather(1, targets[:, t : t + 1]).sum()
+            picked = scores.gather(1, targets[:, t : t + 1]).sum()
             (grads,) = torch.autograd.grad(picked, acts, retain_graph=t + 1 < targets.shape[1])
             maps.append(_gradient_map(config.method, acts.detach().float(), grads.float()))
     stacked = torch.stack(maps, dim=1)  # (N, T, h, w)
     none = torch.zeros(len(images), dtype=torch.long, device=images.device)
-    return _result(stacked, targets, logits.detach().float(), _PassCounts(0, 0, none, none))
+    counts = _PassCounts(0, 0, none, none)
+    return _result(stacked, targets, scores.detach().float(), counts, head)
 
 
 def _gradient_map(method: str, acts: Tensor, grads: Tensor) -> Tensor:

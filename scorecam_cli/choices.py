@@ -7,6 +7,7 @@ SCORE_METHODS = ("scorecam", "faster-scorecam", "sscam", "iscam")
 GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
 METHODS = SCORE_METHODS + GRADIENT_METHODS
 WEIGHTINGS = ("softmax", "prob")
+HEADS = ("softmax", "sigmoid")  # of scorecam_cli.heads; "auto" picks by the number of outputs
 PRECISIONS = ("fp32", "fp16", "bf16")
 NPY_SIZES = (
     "original",

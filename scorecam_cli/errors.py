@@ -52,6 +52,15 @@ class WeightsError(ScoreCamError):
     fit the model."""
 
 
+class CheckpointMismatch(BadRequest, WeightsError):
+    """A checkpoint that fits the architecture asked for in no way (not even built to its head
+    and stem sizes): the CLI exits 2."""
+
+
+class BadLabels(BadRequest):
+    """A ``--labels`` file that cannot be read, parsed, or does not match the model's classes."""
+
+
 class ImageRead(ScoreCamError):
     """An input file could not be read or decoded as an image."""
 

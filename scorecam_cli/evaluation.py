@@ -19,6 +19,7 @@ from scorecam_cli.faithfulness import (
     faithfulness_scores,
     summarise,
 )
+from scorecam_cli.heads import Head
 from scorecam_cli.images import InputImage
 from scorecam_cli.sanity import SanityStep, merge_sanity, sanity_check
 from scorecam_cli.stages import decoded_batches, model_failure
@@ -111,6 +112,7 @@ def _measure(
             steps=steps,
             batch_size=config.batch_size,
             precision=config.precision,
+            head=config.head,
         )
         finite[kept] &= _finite_scores(measured[config.method])
         if sanity:
@@ -123,14 +125,16 @@ def _measure(
 
 
 def _eval_targets(explainer: Explainer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The class each image is judged on (N,): the first --class, or the model's top-1; and
-    which images have finite logits (N,) bool (the others are failed, never measured)."""
+    """The class each image is judged on (N,): the first --class, or the model's top-1 (by the
+    head's class scores); and which images have finite logits (N,) bool (the others are failed,
+    never measured)."""
     logits = explainer.logits(images)  # (N, C)
     finite = torch.isfinite(logits.float()).all(dim=1).clone()
     if explainer.classes:
         targets = torch.full((len(images),), explainer.classes[0], device=images.device)
     else:
-        targets = torch.nan_to_num(logits.float()).argmax(dim=1)
+        scores = Head.of(explainer.config.head, logits.shape[1]).scores(logits.float())
+        targets = torch.nan_to_num(scores).argmax(dim=1)
     return targets.clone(), finite
 
 

@@ -31,6 +31,7 @@ from scorecam_cli.cam import (
 from scorecam_cli.choices import GRADIENT_METHODS, SCORE_METHODS
 from scorecam_cli.devices import as_model_input
 from scorecam_cli.errors import BadInputSize, UnknownClass
+from scorecam_cli.heads import Head
 from scorecam_cli.layers import LayerInfo, LayerRef
 from scorecam_cli.models import LoadedModel
 from scorecam_cli.spec import ExplainSpec
@@ -58,8 +59,13 @@ class Explainer:
 
     def settings(self) -> dict[str, object]:
         """How the maps were made, beyond what each record says (for the manifest)."""
+        prep = self.model.preprocessing
         return {
             "weights": self.model.weights,
+            "labels": self.model.labels,
+            "mean": list(prep.mean),
+            "std": list(prep.std),
+            "head": self.config.head,
             "input_size": list(self.size),
             "weighting": self.config.weighting,
             "precision": self.config.precision,
@@ -74,7 +80,7 @@ class Explainer:
         classes: Tensor | None = None,
         module: nn.Module | None = None,
     ) -> CamResult:
-        """Maps of preprocessed images ``batch`` (N, 3, H, W), on any device.
+        """Maps of preprocessed images ``batch`` (N, C, H, W), on any device.
 
         ``config``: another method than the explainer's own (eval measures several);
         ``classes``: targets (N, T) instead of the explainer's classes or top-k; ``module``: another
@@ -105,7 +111,8 @@ class Explainer:
         return upsample_maps(result.maps, size)[:, 0]  # (N, H, W)
 
     def logits(self, images: Tensor) -> Tensor:
-        """The model's logits (N, C) of preprocessed ``images`` (N, 3, H, W) on the device."""
+        """The model's logits (N, C) of preprocessed ``images`` (N, channels, H, W) on the
+        device."""
         with torch.inference_mode():
             if self.first_pass is not None:
                 return self.first_pass(images)[0]
@@ -123,10 +130,11 @@ def build_explainer(spec: ExplainSpec, *, check_precision: bool = True) -> Expla
     """
     from scorecam_cli.backends import load_backend
     from scorecam_cli.devices import check_cpu_precision, prepare_model, resolve_device
-    from scorecam_cli.models import parse_class
+    from scorecam_cli.models import describe, parse_class
 
     device = resolve_device(spec.compute.device)
     loaded, info, size = load_and_resolve(spec)
+    head = model_head(loaded, spec.method.head)
     classes = [parse_class(text, loaded.categories) for text in spec.classes] or None
     loaded = replace(loaded, module=prepare_model(loaded.module, device))
     masked = spec.method.method in SCORE_METHODS
@@ -138,14 +146,17 @@ def build_explainer(spec: ExplainSpec, *, check_precision: bool = True) -> Expla
         device=device,
         precision=spec.method.precision,
         threads=spec.compute.threads,
+        channels=loaded.preprocessing.channels,
     )
-    config = replace(spec.method, batch_size=spec.method.batch_size or backend.batch_size)
+    config = replace(
+        spec.method,
+        batch_size=spec.method.batch_size or backend.batch_size,
+        head=head.kind if head is not None else spec.method.head,
+    )
     if check_precision and backend.name == "torch":  # the other backends judge their own
         check_cpu_precision(device, config.precision)
-    check_classes(loaded.num_classes, classes, spec.top_k)
-    log.debug(
-        "model %s (%s) on %s, masked passes: %s", loaded.name, loaded.weights, device, backend.name
-    )
+    check_classes(head.classes if head is not None else None, classes, spec.top_k)
+    log.debug("%s; on %s, masked passes: %s", describe(loaded, head), device, backend.name)
     return Explainer(
         loaded, info.ref, device, config, classes, spec.top_k, size, backend.score_batch
     )
@@ -156,13 +167,16 @@ def load_and_resolve(spec: ExplainSpec) -> tuple[LoadedModel, LayerInfo, tuple[i
     size by default); the layer and its layout are logged. The model's ``num_classes`` is C of
     its (1, C) output in that dry run (None for any other output)."""
     from scorecam_cli.layers import resolve_layer
-    from scorecam_cli.models import load_model
+    from scorecam_cli.models import load_model_spec
 
-    loaded = load_model(spec.model.source, spec.model.weights)
+    loaded = load_model_spec(spec.model)
     size = spec.input_size or loaded.preprocessing.input_size
     layer = spec.layer
-    with native_size_hint(loaded), _output_width(loaded.module) as width:
-        info = resolve_layer(loaded.module, layer.name, size, layer.layout, layer.prefix_tokens)
+    channels = loaded.preprocessing.channels
+    with native_size_hint(loaded), output_width(loaded.module) as width:
+        info = resolve_layer(
+            loaded.module, layer.name, size, layer.layout, layer.prefix_tokens, channels
+        )
     how = "default" if layer.name is None else "chosen"
     shape = "x".join(str(v) for v in info.map_shape or ())
     log.info("layer %s (%s), %s, %s", info.ref, how, info.layout, shape)
@@ -179,8 +193,21 @@ def native_size_hint(loaded: LoadedModel) -> Iterator[None]:
         raise BadInputSize(f"{loaded.name}: {exc} (native size: {height}x{width})") from None
 
 
+def model_head(loaded: LoadedModel, asked: str) -> Head | None:
+    """The head ``asked`` (auto, softmax, sigmoid) of a model whose outputs the dry run found
+    (None: unknown), with its ``--labels`` checked against its classes."""
+    from scorecam_cli.models.labels import check_count
+
+    if loaded.num_classes is None:
+        return None
+    head = Head.of(asked, loaded.num_classes)
+    if loaded.labels is not None and loaded.categories is not None:
+        check_count(loaded.labels, loaded.categories, head.classes, head.binary)
+    return head
+
+
 @contextmanager
-def _output_width(module: nn.Module) -> Iterator[list[int]]:
+def output_width(module: nn.Module) -> Iterator[list[int]]:
     """Notes C of each (1, C) output of ``module`` meanwhile (a forward hook), so that classes
     and top-k are checked on the dry run's logits instead of another forward pass."""
     widths: list[int] = []

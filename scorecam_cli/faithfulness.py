@@ -3,7 +3,8 @@
 All metrics take a model in eval mode, images X (N, 3, H, W) already normalised with the model's
 mean/std, saliency maps S (N, H, W) at the images' resolution (e.g.
 ``upsample_maps(result.maps, (H, W))[:, t]``) and target classes c (N,). A "probability" is
-``softmax(model(x))[c]``.
+the ``head``'s (:mod:`scorecam_cli.heads`): ``softmax(model(x))[c]``, or with ``sigmoid`` the
+sigmoid of class c's own score (a one-logit model's class 0: ``1 - sigmoid(z)``).
 
 - **Average Drop %** (Chattopadhay et al. 2018, as used by Score-CAM, Wang et al. 2020):
   ``100 * mean_i max(0, Y_i - O_i) / Y_i`` with ``Y_i = p(c_i | X_i)`` and
@@ -52,6 +53,7 @@ from scorecam_cli.cam import (
     upsample_maps,
 )
 from scorecam_cli.devices import as_model_input, precision_context
+from scorecam_cli.heads import AUTO, Head
 from scorecam_cli.layers import LayerRef
 
 DEFAULT_STEPS = 32  # deletion / insertion steps
@@ -134,6 +136,7 @@ def explained_probabilities(
     *,
     batch_size: int | None = None,
     precision: str = "fp32",
+    head: str = AUTO,
 ) -> tuple[Tensor, Tensor]:
     """Y = p(c | X) and O = p(c | X * E), each (N,), from 2N forward passes."""
     targets = _check_inputs(images, saliency, classes)
@@ -146,7 +149,7 @@ def explained_probabilities(
         weight = torch.where((item >= n)[:, None, None, None], masks[img], 1.0)  # (B, 1, H, W)
         return images[img] * weight, targets[img]  # (B, 3, H, W), (B,)
 
-    probs = _probabilities(model, build, 2 * n, images.device, batch_size, precision)
+    probs = _probabilities(model, build, 2 * n, images.device, batch_size, precision, head)
     return probs[:n], probs[n:]
 
 
@@ -173,9 +176,12 @@ def deletion_curve(
     steps: int = DEFAULT_STEPS,
     batch_size: int | None = None,
     precision: str = "fp32",
+    head: str = AUTO,
 ) -> Curve:
     """p(c) as the most salient pixels are set to 0 (the mean colour), ``steps`` steps: (N, S+1)."""
-    return _perturbation_curve(model, images, saliency, classes, None, steps, batch_size, precision)
+    return _perturbation_curve(
+        model, images, saliency, classes, None, steps, batch_size, precision, head
+    )
 
 
 def insertion_curve(
@@ -189,12 +195,13 @@ def insertion_curve(
     precision: str = "fp32",
     blur_kernel: int = BLUR_KERNEL,
     blur_sigma: float = BLUR_SIGMA,
+    head: str = AUTO,
 ) -> Curve:
     """p(c) as the most salient pixels are put back into a blurred copy, ``steps`` steps."""
     with torch.inference_mode():
         blurred = gaussian_blur(images.float(), blur_kernel, blur_sigma).to(images.dtype)
     return _perturbation_curve(
-        model, images, saliency, classes, blurred, steps, batch_size, precision
+        model, images, saliency, classes, blurred, steps, batch_size, precision, head
     )
 
 
@@ -246,6 +253,7 @@ def _perturbation_curve(
     steps: int,
     batch_size: int | None,
     precision: str,
+    head: str = AUTO,
 ) -> Curve:
     """Deletion (``start_images`` None: from X towards the baseline) or insertion (from
     ``start_images`` towards X) curves, (steps + 1) perturbed images per image built lazily."""
@@ -270,7 +278,7 @@ def _perturbation_curve(
             inputs = torch.where(changed, images[img], start_images[img])
         return inputs, targets[img]  # (B, 3, H, W), (B,)
 
-    probs = _probabilities(model, build, n * per_image, device, batch_size, precision)
+    probs = _probabilities(model, build, n * per_image, device, batch_size, precision, head)
     return Curve(counts.float() / pixels, probs.view(n, per_image))
 
 
@@ -288,6 +296,7 @@ def faithfulness_scores(
     precision: str = "fp32",
     blur_kernel: int = BLUR_KERNEL,
     blur_sigma: float = BLUR_SIGMA,
+    head: str = AUTO,
 ) -> FaithfulnessScores:
     """Per-image Average Drop, Increase in Confidence, deletion and insertion of one batch.
 
@@ -295,10 +304,17 @@ def faithfulness_scores(
     :func:`summarise`.
     """
     original, explained = explained_probabilities(
-        model, images, saliency, classes, batch_size=batch_size, precision=precision
+        model, images, saliency, classes, batch_size=batch_size, precision=precision, head=head
     )
     deletion = deletion_curve(
-        model, images, saliency, classes, steps=steps, batch_size=batch_size, precision=precision
+        model,
+        images,
+        saliency,
+        classes,
+        steps=steps,
+        batch_size=batch_size,
+        precision=precision,
+        head=head,
     )
     insertion = insertion_curve(
         model,
@@ -310,6 +326,7 @@ def faithfulness_scores(
         precision=precision,
         blur_kernel=blur_kernel,
         blur_sigma=blur_sigma,
+        head=head,
     )
     return FaithfulnessScores(original, explained, deletion, insertion)
 
@@ -343,6 +360,7 @@ def faithfulness(
     precision: str = "fp32",
     blur_kernel: int = BLUR_KERNEL,
     blur_sigma: float = BLUR_SIGMA,
+    head: str = AUTO,
 ) -> Faithfulness:
     """The four metrics averaged over one batch: ``summarise([faithfulness_scores(...)])``."""
     scores = faithfulness_scores(
@@ -355,6 +373,7 @@ def faithfulness(
         precision=precision,
         blur_kernel=blur_kernel,
         blur_sigma=blur_sigma,
+        head=head,
     )
     return summarise([scores])
 
@@ -386,15 +405,19 @@ def _probabilities(
     device: torch.device,
     batch_size: int | None,
     precision: str,
+    head: str = AUTO,
 ) -> Tensor:
-    """p(target) (count,) float32 for the inputs ``build(start, end)`` -> (inputs, targets)."""
+    """p(target) (count,) float32 for the inputs ``build(start, end)`` -> (inputs, targets),
+    the ``head``'s probability."""
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch size must be at least 1")
 
     def score(start: int, end: int) -> Tensor:
         inputs, targets = build(start, end)  # (B, 3, H, W), (B,)
         logits = model(as_model_input(inputs)).float()  # (B, C)
-        return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]  # (B,)
+        resolved = Head.of(head, logits.shape[1])
+        probs = resolved.probabilities(resolved.scores(logits))  # (B, classes)
+        return probs.gather(1, targets[:, None])[:, 0]  # (B,)
 
     chunk = batch_size or auto_batch_size(device)
     with torch.inference_mode(), precision_context(device, precision):

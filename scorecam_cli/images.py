@@ -281,21 +281,24 @@ def _to_rgb8(raw: np.ndarray) -> np.ndarray:
 def preprocess(
     image_rgb: np.ndarray, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
-    """(h, w, 3) uint8 RGB -> (3, H, W) float32 C-contiguous, for size=(H, W).
+    """(h, w, 3) uint8 RGB -> (C, H, W) float32 C-contiguous, for size=(H, W), C = len(mean).
 
     The whole image is resized, never cropped (INTER_AREA when shrinking, INTER_LINEAR otherwise),
-    scaled to [0, 1], then normalised per channel: ``(x - mean) / std``.
+    scaled to [0, 1], then normalised per channel: ``(x - mean) / std`` (C = 1: gray first).
     """
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values each, got {list(mean)} and {list(std)}")
+    if len(mean) not in (1, 3) or len(std) != len(mean):
+        raise ValueError(f"mean and std need 1 or 3 values each, got {list(mean)}, {list(std)}")
+    if len(mean) == 1:  # a grayscale model
+        image_rgb = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)  # (h, w)
     height, width = size
     if image_rgb.shape[:2] != (height, width):
         shrinking = height <= image_rgb.shape[0] and width <= image_rgb.shape[1]
         method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         image_rgb = np.asarray(cv2.resize(image_rgb, (width, height), interpolation=method))
-    scaled = image_rgb.astype(np.float32) / 255.0  # (H, W, 3)
+    image_rgb = image_rgb.reshape(height, width, len(mean))  # (H, W, C)
+    scaled = image_rgb.astype(np.float32) / 255.0  # (H, W, C)
     normed = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(normed.transpose(2, 0, 1))  # (3, H, W)
+    return np.ascontiguousarray(normed.transpose(2, 0, 1))  # (C, H, W)
 
 
 # ---------------------------------------------------------------------------- batching
@@ -326,7 +329,7 @@ def load_image(
     detail = "; ".join(said)[:300] or None
     if image is None:
         return LoadedImage(index, item, None, None, f"{failure} ({detail})" if detail else failure)
-    tensor = torch.from_numpy(preprocess(image, size, mean, std))  # (3, H, W)
+    tensor = torch.from_numpy(preprocess(image, size, mean, std))  # (C, H, W)
     # Tensors, not arrays: worker processes hand them over in shared memory, uncopied.
     warning = f"{item.path}: decoder said: {detail}" if detail else None
     return LoadedImage(index, item, tensor, torch.from_numpy(image), None, warning)

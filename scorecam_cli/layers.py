@@ -104,8 +104,9 @@ class _Call:
     alias_of: int | None = None  # the call whose output tensor this call returned unchanged
 
 
-def _record_calls(model: nn.Module, input_size: tuple[int, int]) -> list[_Call]:
-    """Every module call of one dry run on a (1, 3, H, W) zero image, in the order calls finish."""
+def _record_calls(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> list[_Call]:
+    """Every module call of one dry run on a (1, channels, H, W) zero image, in the order calls
+    finish."""
     finished: list[_Call] = []
     open_calls: dict[int, list[_Call]] = {}
     clock = [0]  # one tick per call start and per call end
@@ -137,7 +138,7 @@ def _record_calls(model: nn.Module, input_size: tuple[int, int]) -> list[_Call]:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         with torch.inference_mode():
-            model(torch.zeros(1, 3, *input_size, device=device))
+            model(torch.zeros(1, channels, *input_size, device=device))
     except ScoreCamError:
         raise
     except Exception as exc:
@@ -155,12 +156,14 @@ def trace_layers(
     model: nn.Module,
     input_size: tuple[int, int],
     prefix_tokens: int | None = None,
+    channels: int = 3,
 ) -> list[LayerInfo]:
-    """Every module call of one dry run, in the order calls finish, with layouts and roles.
+    """Every module call of one dry run on ``channels`` input channels, in the order calls
+    finish, with layouts and roles.
 
     Modules called more than once get a call index in their ref; others get none.
     """
-    calls = _record_calls(model, input_size)
+    calls = _record_calls(model, input_size, channels)
     tracker = LayoutTracker(input_size, token_hints(model, prefix_tokens))
     totals: dict[str, int] = {}
     for call in calls:
@@ -220,13 +223,15 @@ def resolve_layer(
     input_size: tuple[int, int],
     layout: str | None = None,
     prefix_tokens: int | None = None,
+    channels: int = 3,
 ) -> LayerInfo:
-    """The layer ``spec`` (None: the default by rule) after a dry run at ``input_size``.
+    """The layer ``spec`` (None: the default by rule) after a dry run at ``input_size`` on
+    ``channels`` input channels.
 
     ``layout`` (nchw, nhwc or tokens; None: decided from the model) overrides how the layer's
     output is read. The returned info's ref carries the layout for :func:`capture`.
     """
-    infos = trace_layers(model, input_size, prefix_tokens)
+    infos = trace_layers(model, input_size, prefix_tokens, channels)
     if spec is None and layout is None:
         return pick_default(infos, model)
     if spec is None:

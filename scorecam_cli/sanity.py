@@ -68,7 +68,9 @@ def _ranks(values: Tensor) -> Tensor:
     return (below + upto - 1).double() / 2
 
 
-def randomisation_order(model: nn.Module, input_size: tuple[int, int]) -> list[str]:
+def randomisation_order(
+    model: nn.Module, input_size: tuple[int, int], channels: int = 3
+) -> list[str]:
     """Names of the modules to re-initialise, top (output) first.
 
     The modules that hold parameters of their own (or BatchNorm running statistics) and run in a
@@ -77,7 +79,8 @@ def randomisation_order(model: nn.Module, input_size: tuple[int, int]) -> list[s
     parameters directly. Modules that never run cannot change the maps and are left out.
     """
     modules = dict(model.named_modules())
-    finished = list(dict.fromkeys(info.ref.name for info in trace_layers(model, input_size)))
+    calls = trace_layers(model, input_size, channels=channels)
+    finished = list(dict.fromkeys(info.ref.name for info in calls))
     names = [name for name in finished if _has_state(modules[name])]
     if _has_state(model):
         names.append("")
@@ -112,7 +115,7 @@ def sanity_check(
         raise ValueError("max steps must be at least 1")
     copied = copy.deepcopy(model)
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    order = randomisation_order(copied, size)
+    order = randomisation_order(copied, size, int(images.shape[1]))
     if not order:
         raise ValueError("the model has no parameters to randomise")
     checked = _checkpoints(len(order), max_steps)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scorecam_cli.choices import METHODS, PRECISIONS, WEIGHTINGS
+from scorecam_cli.choices import HEADS, METHODS, PRECISIONS, WEIGHTINGS
 
 EMBEDDED_MODEL = "efficientnet_lite0"
 
@@ -27,6 +27,7 @@ class CamConfig:
     samples: int = 8  # sscam: noisy copies per mask; iscam: integration steps
     noise_std: float = 2.0  # sscam: std of the Gaussian noise added to each mask
     seed: int = 0  # sscam: noise seed, for repeatable maps
+    head: str = "auto"  # softmax | sigmoid | auto (sigmoid for one output): scorecam_cli.heads
 
     def check(self) -> None:
         """Raise ValueError for a choice the core does not know."""
@@ -36,6 +37,8 @@ class CamConfig:
             raise ValueError(f"weighting {self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.head not in ("auto", *HEADS):
+            raise ValueError(f"head {self.head!r} is not one of auto, {', '.join(HEADS)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if self.samples < 1 or self.top_channels < 1:
@@ -45,10 +48,14 @@ class CamConfig:
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model: ``--model`` (a source, see :func:`scorecam_cli.models.load_model`) and
-    ``--weights``."""
+    ``--weights``; the user's overrides of what the source knows: ``--labels`` (a class-names
+    file), ``--mean`` and ``--std`` (one value, or one per input channel)."""
 
     source: str = EMBEDDED_MODEL
     weights: str = "DEFAULT"
+    labels: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ def export_count(monkeypatch):
     calls: list[tuple[int, int]] = []
     real = exporter.export_onnx
 
-    def counting(model, input_size, path):
+    def counting(model, input_size, path, *rest):
         calls.append(input_size)
-        real(model, input_size, path)
+        real(model, input_size, path, *rest)
 
     monkeypatch.setattr(exporter, "export_onnx", counting)
     return calls

@@ -132,13 +132,14 @@ def load_backend(
     device: torch.device,
     precision: str = "fp32",
     threads: int | None = None,
+    channels: int = 3,
 ) -> Backend:
     """The backend ``name`` for the masked passes of ``model`` (eval mode, on ``device``).
 
     ``threads`` (default: torch's, i.e. OMP_NUM_THREADS or the cores) is applied to torch and
     to the backend. An exported backend is checked against the model's own logits on a batch of
-    3 seeded images; if the export or that check fails, the PyTorch backend is returned and one
-    warning line says why.
+    3 seeded images of ``channels`` input channels; if the export or that check fails, the
+    PyTorch backend is returned and one warning line says why.
     """
     import torch
 
@@ -156,7 +157,9 @@ def load_backend(
     candidates = [b for b in order[order.index(chosen) :] if b != "torch" and _usable(b, device)]
     for number, candidate in enumerate(candidates, start=1):
         try:
-            score = runtimes.build(model, candidate, model_name, input_size, device, threads)
+            score = runtimes.build(
+                model, candidate, model_name, input_size, device, threads, channels
+            )
         except runtimes.BackendFailure as exc:
             if number == len(candidates) or isinstance(exc, runtimes.ExportFailure):
                 log.warning(

@@ -114,6 +114,7 @@ def cached_onnx(
     *,
     refresh: bool = False,
     label: str | None = None,
+    channels: int = 3,
 ) -> Path:
     """``path`` (from :func:`onnx_path`), exporting ``model`` to it first when it is not cached
     (or ``refresh``); ``label`` names the model in log lines (default: the file's name). Export
@@ -132,7 +133,7 @@ def cached_onnx(
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         os.close(handle)
         try:
-            exporter.export_onnx(model, input_size, Path(temporary))
+            exporter.export_onnx(model, input_size, Path(temporary), channels)
             os.replace(temporary, path)
         finally:
             Path(temporary).unlink(missing_ok=True)

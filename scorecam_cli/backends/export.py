@@ -17,8 +17,11 @@ INPUT_NAME = "images"  # (batch, 3, H, W) float32
 OUTPUT_NAME = "logits"  # (batch, C) float32
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, int], path: Path) -> None:
-    """Write ``model`` (eval mode) as one ONNX file at ``path``: images (B, 3, H, W) -> logits.
+def export_onnx(
+    model: nn.Module, input_size: tuple[int, int], path: Path, channels: int = 3
+) -> None:
+    """Write ``model`` (eval mode) as one ONNX file at ``path``: images (B, channels, H, W) ->
+    logits.
 
     H and W are fixed, B is dynamic. The exporter's own chatter is kept off stdout and stderr;
     any failure raises (the caller falls back to PyTorch).
@@ -27,7 +30,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], path: Path) -> No
     if device.type != "cpu":  # export a CPU copy: the graph does not depend on the device
         model = copy.deepcopy(model).cpu()
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn((2, 3, *input_size), generator=generator)  # (2, 3, H, W)
+    example = torch.randn((2, channels, *input_size), generator=generator)  # (2, C, H, W)
     batch = torch.export.Dim("batch", min=1)
     chatter = io.StringIO()
     with (

@@ -35,6 +35,7 @@ def build(
     input_size: tuple[int, int],
     device: torch.device,
     threads: int,
+    channels: int = 3,
 ) -> ScoreBatch:
     """The masked-pass callable of ``backend`` for ``model``, checked against the model.
 
@@ -43,7 +44,7 @@ def build(
     """
     try:
         path = onnx_path(model, model_name, input_size)  # hashes the weights: once per build
-        cached_onnx(model, path, input_size, label=model_name)
+        cached_onnx(model, path, input_size, label=model_name, channels=channels)
     except Exception as exc:  # the exporter raises many kinds; all mean "cannot export"
         raise ExportFailure(f"cannot export it to ONNX ({_first_line(exc)})") from exc
     try:
@@ -53,11 +54,11 @@ def build(
             raise BackendFailure(f"cannot load its ONNX export ({_first_line(first)})") from first
         log.debug("%s: cached export unusable (%s); exporting again", model_name, first)
         try:
-            cached_onnx(model, path, input_size, refresh=True, label=model_name)
+            cached_onnx(model, path, input_size, refresh=True, label=model_name, channels=channels)
             score = _open(backend, path, device, threads)
         except Exception as exc:
             raise BackendFailure(f"cannot load its ONNX export ({_first_line(exc)})") from exc
-    check_logits(model, score, input_size, device, backend)
+    check_logits(model, score, input_size, device, backend, channels)
     return score
 
 
@@ -82,10 +83,11 @@ def check_logits(
     input_size: tuple[int, int],
     device: torch.device,
     backend: str,
+    channels: int = 3,
 ) -> None:
     """Raise BackendFailure unless ``score`` gives the model's logits on seeded images."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn((CHECK_BATCH, 3, *input_size), generator=generator).to(device)
+    images = torch.randn((CHECK_BATCH, channels, *input_size), generator=generator).to(device)
     try:
         with torch.inference_mode():
             expected = model(as_model_input(images)).float()  # (B, C)

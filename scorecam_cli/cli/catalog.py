@@ -1,25 +1,55 @@
-"""``scorecam models`` and ``scorecam layers``: what --model and --layer take."""
+"""``scorecam models`` and ``scorecam layers``: what --model and --layer take, and what the tool
+inferred of a model (classes, input channels, head: on stderr)."""
 
 from __future__ import annotations
+
+import logging
 
 import click
 
 from scorecam_cli.cli.common import user_errors
-from scorecam_cli.cli.options import parse_input_size
+from scorecam_cli.cli.options import (
+    HEAD_OPTION,
+    LABELS_OPTION,
+    MEAN_OPTION,
+    STD_OPTION,
+    model_spec,
+    parse_input_size,
+)
 from scorecam_cli.cli.output import emit, protect_stdout
+
+log = logging.getLogger("scorecam_cli")
 
 
 @click.command()
 @click.argument("pattern", required=False)
-def models(pattern: str | None) -> None:
+@click.option(
+    "-w",
+    "--weights",
+    default=None,
+    metavar="FILE",
+    help="List only the architectures this checkpoint fits, each built to its head and stem "
+    "(what was inferred is said on stderr; RegNet is not checked).",
+)
+def models(pattern: str | None, weights: str | None) -> None:
     """List the model names --model takes (PATTERN: a substring or a glob; 'timm:GLOB' lists
     timm's models, e.g. 'timm:convnext*')."""
-    from scorecam_cli.models import available_models
+    from scorecam_cli.heads import Head
+    from scorecam_cli.models import available_models, checkpoint_fits
 
     with user_errors():
         names = available_models(pattern)
-    for name in names:
-        click.echo(name)
+        if weights is None:
+            for name in names:
+                click.echo(name)
+            return
+        for name, fit in checkpoint_fits(names, weights):
+            click.echo(name)
+            built = f"built with {fit.describe()}" if fit.describe() else "as built by default"
+            head = (
+                f"; head {Head.of('auto', fit.num_classes).describe()}" if fit.num_classes else ""
+            )
+            log.info("%s: fits %s, %s%s", name, weights, built, head)
 
 
 @click.command()
@@ -31,23 +61,51 @@ def models(pattern: str | None) -> None:
     help="Dry-run input size. Default: the model's native size.",
 )
 @click.option("--all", "show_all", is_flag=True, help="Also list layers the tool cannot explain.")
-def layers(model: str, input_size: str | None, show_all: bool) -> None:
+@click.option(
+    "-w",
+    "--weights",
+    default="none",
+    show_default=True,
+    help="As for run: a checkpoint file builds the architecture to fit it.",
+)
+@LABELS_OPTION
+@MEAN_OPTION
+@STD_OPTION
+@HEAD_OPTION
+def layers(
+    model: str,
+    input_size: str | None,
+    show_all: bool,
+    weights: str,
+    labels: str | None,
+    mean: str | None,
+    std: str | None,
+    head: str | None,
+) -> None:
     """List MODEL's layers the tool can explain, with their map shapes; the default is marked.
 
     Output: one line per layer, tab-separated: name, map shape (C x h x w, for every layout),
     layout (nchw, nhwc, or tokens+P with P prefix tokens), and 'default' on the default.
     With --all, layers it cannot explain are listed too, with their raw shape and layout '-'.
+    What the tool inferred of the model (classes, input channels, head) goes to stderr.
     """
-    from scorecam_cli.explainer import native_size_hint
+    from dataclasses import replace
+
+    from scorecam_cli.explainer import model_head, native_size_hint, output_width
     from scorecam_cli.layers import pick_default, trace_layers
-    from scorecam_cli.models import load_model
+    from scorecam_cli.models import describe, load_model_spec
 
     protect_stdout()  # a model's own prints go to stderr
     asked = parse_input_size(input_size)
+    spec = model_spec(model, weights, labels, mean, std)
     with user_errors():
-        loaded = load_model(model, "none")
-        with native_size_hint(loaded):
-            infos = trace_layers(loaded.module, asked or loaded.preprocessing.input_size)
+        loaded = load_model_spec(spec)
+        size = asked or loaded.preprocessing.input_size
+        channels = loaded.preprocessing.channels
+        with native_size_hint(loaded), output_width(loaded.module) as width:
+            infos = trace_layers(loaded.module, size, channels=channels)
+        loaded = replace(loaded, num_classes=width[-1] if width else None)
+        log.info("%s", describe(loaded, model_head(loaded, head or "auto")))
         default = pick_default(infos, loaded.module).ref
     for info in infos:
         if info.is_map:

@@ -3,6 +3,7 @@ Each group reaches the command as the library's frozen specs. Click only; torch-
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from scorecam_cli.backends import BACKENDS
-from scorecam_cli.choices import LAYOUTS, PRECISIONS, WEIGHTINGS
+from scorecam_cli.choices import HEADS, LAYOUTS, PRECISIONS, WEIGHTINGS
 from scorecam_cli.cli.common import UsageFailure, option_group
 from scorecam_cli.spec import CamConfig, ComputeSpec, LayerSpec, ModelSpec
 
@@ -43,19 +44,74 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
     return (sides[0], sides[-1])
 
 
+def parse_values(option: str, text: str | None) -> tuple[float, ...] | None:
+    """``R,G,B`` or one value (a grayscale model's) as floats; one-line usage error."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+        raise UsageFailure(f"{option} {text!r}: give R,G,B or one value, e.g. 0.485,0.456,0.406")
+    return values
+
+
 def _model_specs(
     model: str,
     weights: str,
+    labels: str | None,
+    mean: str | None,
+    std: str | None,
     layer: str | None,
     input_size: str | None,
     layout: str | None,
     prefix_tokens: int | None,
 ) -> dict[str, Any]:
     return {
-        "model": ModelSpec(model, weights),
+        "model": model_spec(model, weights, labels, mean, std),
         "layer": LayerSpec(layer, layout, prefix_tokens),
         "input_size": parse_input_size(input_size),
     }
+
+
+def model_spec(
+    model: str, weights: str, labels: str | None, mean: str | None, std: str | None
+) -> ModelSpec:
+    """The ModelSpec of --model, --weights, --labels, --mean and --std."""
+    return ModelSpec(
+        model, weights, labels, parse_values("--mean", mean), parse_values("--std", std)
+    )
+
+
+LABELS_OPTION = click.option(
+    "--labels",
+    default=None,
+    metavar="FILE",
+    help="Class names: one per line, or a .json list or {index: name} object; one name per "
+    "class (a one-logit binary model: negative, positive). Default: the weights' own names.",
+)
+MEAN_OPTION = click.option(
+    "--mean",
+    default=None,
+    metavar="R,G,B",
+    help="Normalisation mean on [0, 1] pixels (one value: every channel, or a grayscale "
+    "model's). Default: the model source's.",
+)
+STD_OPTION = click.option(
+    "--std",
+    default=None,
+    metavar="R,G,B",
+    help="Normalisation standard deviation, as --mean. Default: the model source's.",
+)
+HEAD_OPTION = click.option(
+    "--head",
+    type=click.Choice(HEADS),
+    default=None,
+    help="How logits become probabilities: softmax across classes, or sigmoid of each class's "
+    "own logit (multi-label; a one-logit model is binary: class 1 positive, 0 negative). "
+    "Default: sigmoid for a model with one output, else softmax.",
+)
 
 
 model_options = option_group(
@@ -77,9 +133,13 @@ model_options = option_group(
             default="DEFAULT",
             show_default=True,
             help="DEFAULT, a torchvision weights name (e.g. IMAGENET1K_V2), none (random init) "
-            "or a state-dict file. Named weights are read from the torch hub cache (timm: the "
-            "Hugging Face cache).",
+            "or a checkpoint file (.pth/.pt/.ckpt/.bin or .safetensors; a registry model is "
+            "built to fit its head and stem). Named weights are read from the torch hub cache "
+            "(timm: the Hugging Face cache).",
         ),
+        LABELS_OPTION,
+        MEAN_OPTION,
+        STD_OPTION,
         click.option(
             "-l",
             "--layer",
@@ -111,8 +171,9 @@ model_options = option_group(
         ),
     ],
 )
-"""--model, --weights, --layer, --input-size, --layout, --prefix-tokens -> the arguments
-``model`` (ModelSpec), ``layer`` (LayerSpec) and ``input_size`` ((H, W) or None)."""
+"""--model, --weights, --labels, --mean, --std, --layer, --input-size, --layout,
+--prefix-tokens -> the arguments ``model`` (ModelSpec), ``layer`` (LayerSpec) and ``input_size``
+((H, W) or None)."""
 
 
 def workers_option(function: F) -> F:
@@ -136,6 +197,7 @@ def decode_workers(workers: int | None, inputs: Sequence[str], image_batch: int)
 
 
 def _cam_specs(
+    head: str | None,
     weighting: str,
     batch_size: int | None,
     device: str,
@@ -147,6 +209,7 @@ def _cam_specs(
     threads: int | None,
 ) -> dict[str, Any]:
     config = CamConfig(
+        head=head or "auto",
         weighting=weighting,
         batch_size=batch_size,
         precision=precision,
@@ -160,6 +223,7 @@ def _cam_specs(
 cam_options = option_group(
     _cam_specs,
     [
+        HEAD_OPTION,
         click.option(
             "--weighting",
             type=click.Choice(WEIGHTINGS),
@@ -167,7 +231,7 @@ cam_options = option_group(
             show_default=True,
             help="softmax: channel weights are the softmax over channels of the masked inputs' "
             "class logits (the paper's Algorithm 1; pytorch-grad-cam and torchcam). prob: each "
-            "masked input's class probability (the authors' released code).",
+            "masked input's class probability, the --head's (the authors' released code).",
         ),
         click.option(
             "-b",

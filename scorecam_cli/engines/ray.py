@@ -305,13 +305,13 @@ def _decode_row(
     cwd: str,
     limits: Limits,
 ) -> dict[str, Any]:
-    """One input -> its normalised image (3, H, W) float32 and pixels (H0, W0, 3) uint8, or the
+    """One input -> its normalised image (C, H, W) float32 and pixels (H0, W0, 3) uint8, or the
     reason it could not be read under ``limits`` (then both are placeholders)."""
     _enter(cwd)
     item = _input_of(row)
     loaded = load_image(int(row["index"]), item, size, mean, std, limits)
     if loaded.tensor is None or loaded.pixels is None:
-        tensor = np.zeros((3, *size), dtype=np.float32)
+        tensor = np.zeros((len(mean), *size), dtype=np.float32)
         pixels = np.zeros((1, 1, 3), dtype=np.uint8)
     else:
         tensor, pixels = loaded.tensor.numpy(), loaded.pixels.numpy()

@@ -10,6 +10,7 @@ package. Every loaded model returns (N, classes) logits (:mod:`scorecam_cli.mode
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator, Sequence
 
 from scorecam_cli.models.base import (
     IMAGENET_MEAN,
@@ -17,13 +18,20 @@ from scorecam_cli.models.base import (
     LoadedModel,
     Preprocessing,
     imagenet_categories,
-    load_state_dict_file,
     parse_class,
     weights_spec,
 )
+from scorecam_cli.models.checkpoints import (
+    Build,
+    Fit,
+    fit_of,
+    load_state_dict_file,
+    read_state_dict,
+)
+from scorecam_cli.models.overrides import describe, overlay
 from scorecam_cli.models.seeding import seeded
 from scorecam_cli.models.torchvision_source import weights_cache_path
-from scorecam_cli.spec import EMBEDDED_MODEL
+from scorecam_cli.spec import EMBEDDED_MODEL, ModelSpec
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -32,8 +40,11 @@ __all__ = [
     "LoadedModel",
     "Preprocessing",
     "available_models",
+    "checkpoint_fits",
+    "describe",
     "imagenet_categories",
     "load_model",
+    "load_model_spec",
     "load_state_dict_file",
     "parse_class",
     "weights_cache_path",
@@ -58,13 +69,57 @@ def available_models(pattern: str | None = None) -> list[str]:
     return names
 
 
+def checkpoint_fits(names: Sequence[str], path: str) -> Iterator[tuple[str, Fit]]:
+    """The registry architectures among ``names`` that checkpoint ``path`` fits, each with the
+    Fit it would be built with (checked on the meta device: nothing is loaded; architectures
+    that cannot be built there, RegNet, are left out)."""
+    state = read_state_dict(path)
+    for name in names:
+        build = _registry_builder(name)
+        fit = fit_of(build, state) if build is not None else None
+        if fit is not None:
+            yield name, fit
+
+
+def _registry_builder(name: str) -> Build | None:
+    """The builder of registry architecture ``name`` for a checkpoint's Fit (None: none)."""
+    if name == EMBEDDED_MODEL:
+        from scorecam_cli.models.embedded import fitted_builder
+
+        return fitted_builder
+    if name.startswith("timm:"):
+        from scorecam_cli.models.timm_source import fitted_builder as timm_builder
+
+        return timm_builder(name.removeprefix("timm:"))
+    if ":" in name:
+        return None
+    from scorecam_cli.models.torchvision_source import fitted_builder as torchvision_builder
+
+    return torchvision_builder(name)
+
+
+def load_model_spec(spec: ModelSpec) -> LoadedModel:
+    """The model of ``spec``, with its overrides (see :func:`load_model`)."""
+    return load_model(spec.source, spec.weights, labels=spec.labels, mean=spec.mean, std=spec.std)
+
+
 @seeded  # random weights are the same in every process
-def load_model(name: str = EMBEDDED_MODEL, weights: str | None = "DEFAULT") -> LoadedModel:
+def load_model(
+    name: str = EMBEDDED_MODEL,
+    weights: str | None = "DEFAULT",
+    *,
+    labels: str | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> LoadedModel:
     """Load ``name`` in eval mode with ``weights``: DEFAULT, an enum name, ``none`` or a PATH.
 
     ``name`` is a torchvision classification model, ``efficientnet_lite0`` (embedded),
     ``timm:NAME``, or ``package.module:factory`` for a function or nn.Module class of that module
-    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`).
+    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`). A checkpoint PATH of a
+    registry architecture builds it to fit (:mod:`scorecam_cli.models.checkpoints`). Then, for
+    every source, the input channels of the stem and the overrides (``labels`` file, ``mean``,
+    ``std``) are applied (:func:`scorecam_cli.models.overrides.overlay`).
     """
     from scorecam_cli.models.logits import reduce_to_logits
 
@@ -86,4 +141,4 @@ def load_model(name: str = EMBEDDED_MODEL, weights: str | None = "DEFAULT") -> L
 
         loaded = load_torchvision(name, spec)
     reduce_to_logits(loaded.module).eval()
-    return loaded
+    return overlay(loaded, labels, mean, std)

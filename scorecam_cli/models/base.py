@@ -6,22 +6,28 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from scorecam_cli.errors import UnknownClass, WeightsError
+from scorecam_cli.errors import UnknownClass
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHT_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors"}
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images are fed to the model: resized to ``input_size`` (H, W), then normalised."""
+    """How images are fed to the model: resized to ``input_size`` (H, W), then normalised with
+    ``mean`` and ``std``, one value per input channel: 3 (RGB) or 1 (grayscale)."""
 
     input_size: tuple[int, int] = (224, 224)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def channels(self) -> int:
+        """Input channels the model takes: 3 (RGB) or 1 (grayscale)."""
+        return len(self.mean)
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,8 @@ class LoadedModel:
 
     ``preprocessing.input_size`` is the model's native size: its weights' crop size, or the size
     it is built for (ViT, MaxViT: 224; timm: its data config). ``num_classes`` is C of its
-    (N, C) logits once known (the explainer's dry run), else None.
+    (N, C) logits once known (the explainer's dry run), else None. ``labels`` is the
+    ``--labels`` file the class names came from (None: the source's own names, or none).
     """
 
     name: str
@@ -40,6 +47,7 @@ class LoadedModel:
     categories: list[str] | None
     weights: str
     num_classes: int | None = None
+    labels: str | None = None
 
     def class_name(self, index: int) -> str | None:
         """The class name of output ``index``, or None when the model has no names."""
@@ -68,61 +76,7 @@ def weights_spec(weights: str | None) -> str:
 
 def is_path(spec: str) -> bool:
     """Whether a --weights value names a file rather than a weights name."""
-    return (
-        Path(spec).suffix in {".pt", ".pth", ".bin", ".ckpt"} or "/" in spec or Path(spec).exists()
-    )
-
-
-def load_state_dict_file(module: nn.Module, path: str) -> None:
-    """Load a state-dict file into ``module`` (``weights_only=True``); errors name the file.
-
-    A file holding Python objects beyond tensors is refused, never loaded another way; a state
-    dict that does not fit names the missing and unexpected keys.
-    """
-    import pickle
-
-    file = Path(path)
-    if file.is_dir():
-        raise WeightsError(f"weights file {path} is a folder; give the state-dict file in it")
-    if not file.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise WeightsError(
-            f"{path}: refused: it holds Python objects, not only tensors (loading it could run "
-            "code); save a plain state dict with torch.save(model.state_dict(), FILE)"
-        ) from None
-    except Exception as exc:
-        raise WeightsError(f"{path}: not a loadable state dict ({_load_error_line(exc)})") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise WeightsError(f"{path}: does not fit the model ({_load_error_line(exc)})") from exc
-    problems = [
-        f"{len(keys)} {what} key(s): {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
-        for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys))
-        if keys
-    ]
-    if problems:
-        raise WeightsError(f"{path}: does not fit the model ({'; '.join(problems)})")
-
-
-def _load_error_line(exc: BaseException) -> str:
-    """The first line of a loading error, without torch's advice to load with weights_only=False."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    kept = [
-        line
-        for line in lines
-        if "weights_only" not in line
-        and "pickle" not in line.lower()
-        and not line.startswith("Error(s) in loading")
-    ]
-    return (kept or [type(exc).__name__])[0]
+    return Path(spec).suffix in WEIGHT_SUFFIXES or "/" in spec or Path(spec).exists()
 
 
 def parse_class(text: str, categories: list[str] | None) -> int:

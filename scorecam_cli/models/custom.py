@@ -13,12 +13,8 @@ import inspect
 from torch import nn
 
 from scorecam_cli.errors import UnknownModel, UnsupportedModel, WeightsError, first_line
-from scorecam_cli.models.base import (
-    LoadedModel,
-    Preprocessing,
-    is_path,
-    load_state_dict_file,
-)
+from scorecam_cli.models.base import LoadedModel, Preprocessing, is_path
+from scorecam_cli.models.checkpoints import load_state_dict_file
 
 
 def load_custom(name: str, spec: str) -> LoadedModel:

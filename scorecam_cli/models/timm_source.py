@@ -11,14 +11,11 @@ import fnmatch
 from types import ModuleType
 from typing import Any
 
+from torch import nn
+
 from scorecam_cli.errors import UnknownModel, WeightsError
-from scorecam_cli.models.base import (
-    LoadedModel,
-    Preprocessing,
-    imagenet_categories,
-    is_path,
-    load_state_dict_file,
-)
+from scorecam_cli.models.base import LoadedModel, Preprocessing, imagenet_categories, is_path
+from scorecam_cli.models.checkpoints import Build, Fit, fit_architecture, read_state_dict
 
 PREFIX = "timm:"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -50,9 +47,9 @@ def load_timm(name: str, spec: str) -> LoadedModel:
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; closest: {', '.join(PREFIX + c for c in close)}" if close else ""
         raise UnknownModel(f"unknown timm model {name!r}{hint} (list: scorecam models 'timm:*')")
-    module = timm.create_model(name, pretrained=False)
     label, categories = "none", None
     if spec == "DEFAULT":
+        module = timm.create_model(name, pretrained=False)
         file = _cached_weights_file(name, module.pretrained_cfg)
         overlay = {"file": file, "source": ""}
         module = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
@@ -60,17 +57,34 @@ def load_timm(name: str, spec: str) -> LoadedModel:
             f"DEFAULT ({module.pretrained_cfg.get('tag') or 'timm'})",
             _names(module),
         )
-    elif spec != "none":
+    elif spec == "none":
+        module = timm.create_model(name, pretrained=False)
+    else:
         if not is_path(spec):
             raise WeightsError(f"a timm model takes --weights DEFAULT, none or PATH, not {spec!r}")
-        load_state_dict_file(module, spec)
+        build = fitted_builder(name)
+        module, _ = fit_architecture(PREFIX + name, build, read_state_dict(spec), spec)
         label, categories = spec, _names(module)
     config = timm.data.resolve_model_data_config(module)
     _, height, width = config["input_size"]
     mean = tuple(float(v) for v in config["mean"])
     std = tuple(float(v) for v in config["std"])
-    prep = Preprocessing((int(height), int(width)), mean, std)  # type: ignore[arg-type]
+    prep = Preprocessing((int(height), int(width)), mean, std)
     return LoadedModel(PREFIX + name, module, prep, categories, label)
+
+
+def fitted_builder(name: str) -> Build:
+    """timm's builder of ``name`` (without the prefix) for a checkpoint's Fit: ``num_classes``
+    and ``in_chans``."""
+    timm = _timm()
+
+    def build(fit: Fit) -> nn.Module:
+        sizes = {"num_classes": fit.num_classes, "in_chans": fit.in_chans}
+        args = {key: value for key, value in sizes.items() if value is not None}
+        module: nn.Module = timm.create_model(name, pretrained=False, **args)
+        return module
+
+    return build
 
 
 def _cached_weights_file(name: str, cfg: Any) -> str:

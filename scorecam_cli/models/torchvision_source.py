@@ -17,7 +17,14 @@ from scorecam_cli.models.base import (
     LoadedModel,
     Preprocessing,
     is_path,
-    load_state_dict_file,
+)
+from scorecam_cli.models.checkpoints import (
+    DEFAULT_CLASSES,
+    Build,
+    Fit,
+    fit_architecture,
+    read_state_dict,
+    replace_stem,
 )
 from scorecam_cli.spec import EMBEDDED_MODEL
 
@@ -39,13 +46,14 @@ def load_torchvision(name: str, spec: str) -> LoadedModel:
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise UnknownModel(f"unknown model {name!r}{hint} (list them with 'scorecam models')")
     enums = torchvision.models.get_model_weights(name)
-    if spec == "none" or is_path(spec):
+    if spec == "none":
         module = _build(name)
-        prep = _preprocessing_of(enums.DEFAULT, module)
-        if spec == "none":
-            return LoadedModel(name, module, prep, None, "none")
-        load_state_dict_file(module, spec)
-        return LoadedModel(name, module, prep, _categories_of(enums.DEFAULT), spec)
+        return LoadedModel(name, module, _preprocessing_of(enums.DEFAULT, module), None, "none")
+    if is_path(spec):
+        module, fit = fit_architecture(name, fitted_builder(name), read_state_dict(spec), spec)
+        imagenet = fit.num_classes in (None, DEFAULT_CLASSES)
+        names = _categories_of(enums.DEFAULT) if imagenet else None  # fine-tuned: no names
+        return LoadedModel(name, module, _preprocessing_of(enums.DEFAULT, module), names, spec)
     try:
         enum = enums.DEFAULT if spec == "DEFAULT" else enums[spec]
     except KeyError:
@@ -67,6 +75,21 @@ def _build(name: str, **args: Any) -> nn.Module:
         warnings.filterwarnings("ignore", category=FutureWarning)
         module: nn.Module = torchvision.models.get_model(name, weights=None, **args)
     return module
+
+
+def fitted_builder(name: str) -> Build:
+    """torchvision's builder of ``name`` for a checkpoint's Fit: ``num_classes``, and the stem
+    convolution replaced by one of ``in_chans`` inputs (torchvision's builders take none)."""
+
+    def build(fit: Fit) -> nn.Module:
+        module = _build(
+            name, **({} if fit.num_classes is None else {"num_classes": fit.num_classes})
+        )
+        if fit.in_chans is not None and fit.stem is not None:
+            replace_stem(module, fit.stem, fit.in_chans)
+        return module
+
+    return build
 
 
 def _builder_args(name: str, enum: Any) -> dict[str, Any]:
@@ -114,7 +137,7 @@ def _preprocessing_of(enum: Any, module: nn.Module) -> Preprocessing:
     transforms = enum.transforms()
     mean = tuple(float(v) for v in getattr(transforms, "mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in getattr(transforms, "std", IMAGENET_STD))
-    return Preprocessing(native_size(enum, module), mean, std)  # type: ignore[arg-type]
+    return Preprocessing(native_size(enum, module), mean, std)
 
 
 def _categories_of(enum: Any) -> list[str] | None:

@@ -1,7 +1,8 @@
 """How faithful are the maps? Perturbation metrics (the sanity check is in :mod:`.sanity`).
 
-All metrics take a model in eval mode, images X (N, 3, H, W) already normalised with the model's
-mean/std, saliency maps S (N, H, W) at the images' resolution (e.g.
+All metrics take a model (a torch module in eval mode, or any callable images (B, 3, H, W) ->
+logits (B, C): :data:`Logits`, such as an ONNX file's session), images X (N, 3, H, W) already
+normalised with the model's mean/std, saliency maps S (N, H, W) at the images' resolution (e.g.
 ``upsample_maps(result.maps, (H, W))[:, t]``) and target classes c (N,). A "probability" is
 ``softmax(model(x))[c]``.
 
@@ -59,6 +60,8 @@ DELETION_BASELINE = 0.0  # value of a removed pixel, in normalised space: the da
 BLUR_KERNEL = 11  # insertion's starting image: Gaussian blur kernel size (pixels, odd)
 BLUR_SIGMA = 5.0  # ... and its standard deviation (pixels)
 
+Logits = Callable[[Tensor], Tensor]
+"""The model the metrics run: images (B, 3, H, W) -> logits (B, C); an nn.Module is one."""
 Explain = Callable[[nn.Module, Tensor], Tensor]
 """``explain(model, images)`` -> saliency maps (N, H, W) for fixed target classes."""
 
@@ -127,7 +130,7 @@ def explanation_masks(saliency: Tensor) -> Tensor:
 
 
 def explained_probabilities(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -165,7 +168,7 @@ def increase_in_confidence(original: Tensor, explained: Tensor) -> Tensor:
 
 
 def deletion_curve(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -179,7 +182,7 @@ def deletion_curve(
 
 
 def insertion_curve(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -234,7 +237,7 @@ def _step_counts(pixels: int, steps: int, device: torch.device) -> Tensor:
 
 
 def _perturbation_curve(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -274,7 +277,7 @@ def _perturbation_curve(
 
 
 def faithfulness_scores(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -328,7 +331,7 @@ def summarise(batches: Iterable[FaithfulnessScores]) -> Faithfulness:
 
 
 def faithfulness(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -375,7 +378,7 @@ def _check_inputs(images: Tensor, saliency: Tensor, classes: Tensor | Sequence[i
 
 
 def _probabilities(
-    model: nn.Module,
+    model: Logits,
     build: Callable[[int, int], tuple[Tensor, Tensor]],
     count: int,
     device: torch.device,

@@ -17,18 +17,31 @@ INPUT_NAME = "images"  # (batch, 3, H, W) float32
 OUTPUT_NAME = "logits"  # (batch, C) float32
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, int], path: Path) -> None:
+def export_onnx(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    path: Path,
+    *,
+    nhwc: bool = False,
+    dynamic_size: bool = False,
+) -> None:
     """Write ``model`` (eval mode) as one ONNX file at ``path``: images (B, 3, H, W) -> logits.
 
-    H and W are fixed, B is dynamic. The exporter's own chatter is kept off stdout and stderr;
-    any failure raises (the caller falls back to PyTorch).
+    B is dynamic; H and W are fixed unless ``dynamic_size``. With ``nhwc`` the model takes
+    (B, H, W, 3). The exporter's own chatter is kept off stdout and stderr; any failure raises
+    (the caller falls back to PyTorch).
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if device.type != "cpu":  # export a CPU copy: the graph does not depend on the device
         model = copy.deepcopy(model).cpu()
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn((2, 3, *input_size), generator=generator)  # (2, 3, H, W)
-    batch = torch.export.Dim("batch", min=1)
+    shape = (2, *input_size, 3) if nhwc else (2, 3, *input_size)
+    example = torch.randn(shape, generator=generator)  # (2, 3, H, W) or (2, H, W, 3)
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if dynamic_size:
+        height, width = (1, 2) if nhwc else (2, 3)
+        dims[height] = torch.export.Dim("height", min=16, max=4096)
+        dims[width] = torch.export.Dim("width", min=16, max=4096)
     chatter = io.StringIO()
     with (
         contextlib.redirect_stdout(chatter),
@@ -45,7 +58,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], path: Path) -> No
             verbose=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=(dims,),
             external_data=False,
         )
 

@@ -1,5 +1,6 @@
 """Models by name, one source each behind :func:`load_model`: torchvision's registry, the embedded
-offline default, ``package.module:factory`` and ``timm:NAME``.
+offline default, ``package.module:factory``, ``timm:NAME`` and ONNX files (``FILE.onnx``,
+``onnx:FILE``); :mod:`scorecam_cli.models.sources` is the one parser of those names.
 
 Weights never come from the network at run time unless torchvision can fetch them: named weights are
 read from the torch hub cache (timm: the Hugging Face cache), a ``PATH`` is a state dict loaded with
@@ -21,6 +22,7 @@ from scorecam_cli.models.base import (
     parse_class,
     weights_spec,
 )
+from scorecam_cli.models.sources import EMBEDDED, MODULE, ONNX, TIMM, parse_source
 from scorecam_cli.models.torchvision_source import weights_cache_path
 from scorecam_cli.spec import EMBEDDED_MODEL
 
@@ -62,20 +64,27 @@ def load_model(name: str = EMBEDDED_MODEL, weights: str | None = "DEFAULT") -> L
 
     ``name`` is a torchvision classification model, ``efficientnet_lite0`` (embedded),
     ``timm:NAME``, or ``package.module:factory`` for a function or nn.Module class of that module
-    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`).
+    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`), or an ONNX file
+    (``FILE.onnx`` or ``onnx:FILE``; its runtime is its graph, not a torch module: see
+    :mod:`scorecam_cli.models.onnx_source`).
     """
     from scorecam_cli.models.logits import reduce_to_logits
 
     spec = weights_spec(weights)
-    if name == EMBEDDED_MODEL:
+    source = parse_source(name)
+    if source.kind == ONNX:
+        from scorecam_cli.models.onnx_source import load_onnx
+
+        loaded = load_onnx(source.target, spec)
+    elif source.kind == EMBEDDED:
         from scorecam_cli.models.embedded import load_embedded
 
         loaded = load_embedded(spec)
-    elif name.startswith("timm:"):
+    elif source.kind == TIMM:
         from scorecam_cli.models.timm_source import load_timm
 
-        loaded = load_timm(name.removeprefix("timm:"), spec)
-    elif ":" in name:
+        loaded = load_timm(source.target, spec)
+    elif source.kind == MODULE:
         from scorecam_cli.models.custom import load_custom
 
         loaded = load_custom(name, spec)
@@ -83,5 +92,6 @@ def load_model(name: str = EMBEDDED_MODEL, weights: str | None = "DEFAULT") -> L
         from scorecam_cli.models.torchvision_source import load_torchvision
 
         loaded = load_torchvision(name, spec)
-    reduce_to_logits(loaded.module).eval()
+    if source.kind != ONNX:
+        reduce_to_logits(loaded.torch_module()).eval()
     return loaded

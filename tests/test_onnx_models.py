@@ -465,3 +465,21 @@ def test_external_data_beside_the_file_is_read(exported, tmp_path):
     got = explainer_of(path).explain(images_)
     expected = explainer_of(exported["tiny"]).explain(images_)
     torch.testing.assert_close(got.maps, expected.maps)
+
+
+def test_layout_says_how_to_read_a_tensor(exported):
+    vit = exported["vit"]
+    default = default_of(layer_lines(str(vit)))[0]
+    spec = ExplainSpec(
+        ModelSpec(str(vit)), LayerSpec(default, "tokens", 1), compute=ComputeSpec(device="cpu")
+    )
+    assert str(build_explainer(spec).layer.layout) == "tokens+1"
+    tiny = str(exported["tiny"])
+    line = refused("run", "x.png", "-m", tiny, "--layer", "relu", "--layout", "nhwc")
+    assert "tensor 'relu' has shape (1, 12, 16, 16), which is no nhwc map" in line
+
+
+def test_the_help_names_the_path_forms():
+    for command in (["models", "--help"], ["run", "--help"]):
+        text = " ".join(CliRunner().invoke(main, command).stdout.split())
+        assert "FILE.onnx" in text and "onnx:FILE" in text

@@ -5,8 +5,9 @@ The graph is copied with its input fixed to one image at the input size (the tor
 inference run with data propagation. Layouts are decided by the graph, never by a shape alone:
 
 - ``nchw``: set by the operators that read and write NCHW maps (Conv, pools, BatchNormalization,
-  ...) and kept by every operator whose output keeps an input's batch and spatial sides (element-
-  wise ops, channel Concat, MatMul over the channels of an NHWC map, ...);
+  ...) and kept by every other operator whose 4-D output keeps an input's batch and either its
+  spatial sides (element-wise ops, channel Concat, MatMul over the channels of an NHWC map) or
+  its channels (Pad, strided Slice, Resize);
 - ``nhwc``: a Transpose (0, 2, 3, 1) of an NCHW map (and back with (0, 3, 1, 2)), then kept alike;
 - tokens: the graph flattens a map of h x w patches into h*w tokens (ViT's patch embedding:
   Reshape and Transpose (0, 2, 1)) and concatenates P tokens before them (class, distillation):
@@ -131,6 +132,8 @@ def analyse(model: OnnxModel, size: tuple[int, int]) -> GraphTensors:
         types[value.name] = tensor.elem_type
         if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
             shapes[value.name] = tuple(int(d.dim_value) for d in tensor.shape.dim)
+    for initializer in inferred.initializer:  # weights: their dimensions (a kernel's size)
+        shapes.setdefault(initializer.name, tuple(int(d) for d in initializer.dims))
     constants: dict[str, list[int]] = {}
     named = [(t.name, t) for t in inferred.initializer]
     named += [
@@ -204,16 +207,22 @@ def _output_kind(
         return source if source and order == [0, 1, 2, 3] else None
     if node.op_type in RESHAPES:
         return None
-    for value in node.input:  # keeps the layout of an input whose batch and sides it keeps
+    for value in node.input:  # keeps an input's layout when it keeps its sides or channels
         kind, other = kinds.get(value), graph.shapes.get(value)
-        if (
-            kind
-            and other is not None
-            and len(other) == 4
-            and sides(other, kind) == sides(shape, kind)
-        ):
+        if kind and other is not None and len(other) == 4 and _keeps(other, shape, kind):
             return kind
     return None
+
+
+def _keeps(before: tuple[int, ...], after: tuple[int, ...], kind: str) -> bool:
+    """Whether ``after`` keeps the batch of ``before`` and its sides or its channels."""
+    same_sides = sides(before, kind) == sides(after, kind)
+    return before[0] == after[0] and (same_sides or channels(before, kind) == channels(after, kind))
+
+
+def channels(shape: tuple[int, ...], kind: str) -> int:
+    """C of a 4-D shape read as ``kind``."""
+    return shape[1] if kind == NCHW else shape[3]
 
 
 def token_grid(
@@ -229,11 +238,11 @@ def token_grid(
         if out is None or len(out) != 3:
             continue
         _, h, w = sides(source, kind)
-        channels = source[1] if kind == NCHW else source[3]
+        width = channels(source, kind)
         tokens = None
-        if kind == NHWC and out == (1, h * w, channels):
+        if kind == NHWC and out == (1, h * w, width):
             tokens = node.output[0]
-        elif kind == NCHW and out == (1, channels, h * w):
+        elif kind == NCHW and out == (1, width, h * w):
             tokens = _transposed(graph, node.output[0])
         if tokens is not None:
             return (h, w), _prefix(graph, tokens, h * w, index)

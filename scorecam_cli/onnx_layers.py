@@ -43,7 +43,8 @@ class GraphLayers:
     infos: list[LayerInfo]
     default: LayerInfo | None
     types: dict[str, int]  # element type of each tensor
-    tokens: TokenHints  # patch size and prefix tokens the graph decides (None: no tokens)
+    grid: tuple[int, int] | None  # the token grid (h, w) the graph decides (None: no tokens)
+    prefix: int | None  # prefix tokens before the grid's (None: no tokens)
 
     def info(self, name: str) -> LayerInfo | None:
         return next((info for info in self.infos if info.ref.name == name), None)
@@ -61,9 +62,6 @@ def graph_layers(
     grid, prefix = token_grid(graph, layouts)
     if prefix_tokens is not None:
         prefix = prefix_tokens
-    hints = TokenHints(None, prefix)
-    if grid is not None:
-        hints = TokenHints((size[0] // grid[0], size[1] // grid[1]), prefix)
     infos = []
     for index, node in enumerate(graph.nodes):
         for name in node.output:
@@ -78,7 +76,7 @@ def graph_layers(
             role = "pooling" if node.op_type in POOLS else "no-op" if node.op_type in NO_OPS else ""
             infos.append(LayerInfo(LayerRef(name, None, layout), shape, role, index, index))
     default = _default(graph, infos, model)
-    return GraphLayers(str(model.path), infos, default, graph.types, hints)
+    return GraphLayers(str(model.path), infos, default, graph.types, grid, prefix)
 
 
 def resolve_onnx_layer(
@@ -106,7 +104,7 @@ def resolve_onnx_layer(
             "layers FILE.onnx')"
         )
     if layout is not None:
-        forced = _forced(layout, info.shape, size, layers.tokens)
+        forced = _forced(layout, info.shape, size, layers)
         if forced is None or layers.types.get(name) not in FLOAT_TYPES:
             raise UnknownLayer(f"tensor {name!r} has shape {info.shape}, which is no {layout} map")
         info = replace(info, ref=replace(info.ref, layout=forced))
@@ -119,12 +117,13 @@ def resolve_onnx_layer(
 
 
 def _forced(
-    kind: str, shape: tuple[int, ...], size: tuple[int, int], hints: TokenHints
+    kind: str, shape: tuple[int, ...], size: tuple[int, int], layers: GraphLayers
 ) -> Layout | None:
-    if kind == TOKENS and hints.patch is not None and hints.prefix is not None:
-        grid = (size[0] // hints.patch[0], size[1] // hints.patch[1])
-        return _tokens(shape, grid, hints.prefix)
-    return forced_layout(kind, shape, size, hints)
+    """``--layout kind`` for ``shape``: tokens of the graph's grid, else as for torch models
+    (a square grid for a square input), or None when the shape cannot be that layout."""
+    if kind == TOKENS and layers.grid is not None and layers.prefix is not None:
+        return _tokens(shape, layers.grid, layers.prefix)
+    return forced_layout(kind, shape, size, TokenHints(None, layers.prefix))
 
 
 def _tokens(shape: tuple[int, ...], grid: tuple[int, int], prefix: int) -> Layout | None:
@@ -147,7 +146,8 @@ def _default(graph: GraphTensors, infos: list[LayerInfo], model: OnnxModel) -> L
         return _token_default(graph, tokens, feeding)
     pool = _head_pool(graph, maps, feeding)
     if pool is not None:
-        name = _back_through_head(graph, str(graph.nodes[pool].input[0]), maps, model.num_classes)
+        classes = model.num_classes or graph.shapes.get(model.logits_name, (0, 0))[-1]
+        name = _back_through_head(graph, str(graph.nodes[pool].input[0]), maps, classes)
         if name in maps:
             return maps[name]
     kept = [i for i in maps.values() if not i.role and i.ref.name in feeding]
@@ -160,7 +160,7 @@ def _token_default(graph: GraphTensors, tokens: list[LayerInfo], feeding: set[st
     softmaxes = [n for n in graph.nodes if n.op_type == "Softmax" and n.input[0] in graph.shapes]
     attention = [n for n in softmaxes if len(graph.shapes[n.input[0]]) >= 3]
     if not attention:
-        return [i for i in tokens if i.ref.name in feeding][-1] if feeding else tokens[-1]
+        return ([i for i in tokens if i.ref.name in feeding] or tokens)[-1]
     read = graph.ancestors(attention[-1].input)
     names = {info.ref.name for info in tokens}
     before = [info for info in tokens if info.ref.name in read]
@@ -212,12 +212,12 @@ def _is_global_pool(graph: GraphTensors, node: Any, source: LayerInfo) -> bool:
 
 
 def _back_through_head(
-    graph: GraphTensors, name: str, maps: dict[str, LayerInfo], classes: int | None
+    graph: GraphTensors, name: str, maps: dict[str, LayerInfo], classes: int
 ) -> str:
     """From the pooled map back through no-ops and a 1x1 classifier convolution (class maps)."""
     name = _back_through_no_ops(graph, name, maps)
     info = maps.get(name)
-    if info is None or classes is None or info.map_shape is None or info.map_shape[0] != classes:
+    if info is None or info.map_shape is None or info.map_shape[0] != classes:
         return name
     node = graph.nodes[graph.producer[name]]
     if node.op_type in ACTIVATIONS and node.input[0] in graph.producer:

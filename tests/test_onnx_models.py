@@ -4,7 +4,7 @@ the torch model's at the same layer (Pearson >= 0.9999, identical pass counts), 
 refused, and every bad file refused in one line (exit 2, no traceback).
 
 Every file is exported here, from seeded models (tests/conftest.py's TinyNet, a tiny torchvision
-ViT, and three small CNNs below), with scorecam's own exporter (dynamo, dynamic batch).
+ViT and Swin, and small CNNs below), with scorecam's own exporter (dynamo, dynamic batch).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from conftest import TinyNet
 from hostile import cli, images
 from torch import nn
+from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
 from scorecam_cli.backends.export import export_onnx
@@ -109,9 +110,19 @@ def tiny_vit() -> nn.Module:
     )  # fmt: skip
 
 
+def tiny_swin() -> nn.Module:
+    return seeded(
+        SwinTransformer(
+            patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+            window_size=[4, 4], num_classes=10,
+        )
+    )  # fmt: skip
+
+
 MODELS = {
     "tiny": (lambda: TinyNet().eval(), SIZE, {}),
     "vit": (tiny_vit, (32, 32), {}),
+    "swin": (tiny_swin, SIZE, {}),
     "nhwc": (lambda: NHWCInput(TinyNet()).eval(), SIZE, {"nhwc": True}),
     "dynamic": (lambda: TinyNet().eval(), SIZE, {"dynamic_size": True}),
     "channels_last": (lambda: seeded(ChannelsLastNet()), SIZE, {}),
@@ -214,6 +225,15 @@ def test_channels_last_maps_inside_the_graph_are_nhwc(exported):
     images, classes = batch(2), torch.tensor([[0], [5]])
     got = explainer_of(exported["channels_last"]).explain(images, classes=classes)
     assert_same_cams(got, torch_cams(model, "act", images, classes))
+
+
+def test_a_swin_file_defaults_to_its_final_norm_read_from_nhwc(exported):
+    lines = layer_lines(str(exported["swin"]))
+    assert default_of(lines)[1:3] == ["32x8x8", "nhwc"]  # after the patch merging's slices
+    assert {line[2] for line in lines} == {"nchw", "nhwc"}
+    images, classes = batch(2), torch.tensor([[3], [6]])
+    got = explainer_of(exported["swin"]).explain(images, classes=classes)
+    assert_same_cams(got, torch_cams(tiny_swin(), None, images, classes))  # norm
 
 
 def test_the_default_skips_inner_pooling_and_the_classifier_convolution(exported):

@@ -58,7 +58,8 @@ def open_onnx(spec: ExplainSpec) -> OnnxReady:
     info = resolve_onnx_layer(layers, spec.layer.name, size, spec.layer.layout)
     how = "default" if spec.layer.name is None else "chosen"
     shape = "x".join(str(v) for v in info.map_shape or ())
-    log.info("layer %s (%s), %s, %s", info.ref, how, info.layout, shape)
+    name = info.ref.name if info.ref.name.isprintable() else repr(info.ref.name)  # anyone's text
+    log.info("layer %s (%s), %s, %s", name, how, info.layout, shape)
     device = _device(spec.compute.device)
     threads = spec.compute.threads or default_threads()
     torch.set_num_threads(threads)

@@ -42,6 +42,11 @@ class UnsupportedModel(BadRequest):
     factory cannot be called safely."""
 
 
+class BadModelFile(BadRequest):
+    """A model file that cannot be used: missing, not a model, too large, with data outside its
+    folder, or without the input and outputs the tool needs."""
+
+
 class BadDevice(BadRequest):
     """The device is no device torch can name, or none we can compute maps on, or the precision
     asked for makes no sense on it."""

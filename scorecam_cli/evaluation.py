@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from scorecam_cli.cam import CamConfig
+from scorecam_cli.choices import GRADIENT_METHODS
 from scorecam_cli.events import NOT_FINITE, Event, Explained, Failure
 from scorecam_cli.explainer import Explainer
 from scorecam_cli.faithfulness import (
@@ -50,6 +51,7 @@ def evaluate_methods(
     The target of each image is the explainer's first class, or its top-1 class. ``on_event``
     hears of every input as it is done (Explained with no records, or Failure).
     """
+    _check_methods(explainer, configs, sanity)
     scores: dict[str, list[FaithfulnessScores]] = {c.method: [] for c in configs}
     checks: dict[str, list[list[SanityStep]]] = {c.method: [] for c in configs}
     for failures, good, batch in decoded_batches(explainer, inputs, decode):
@@ -83,6 +85,16 @@ def evaluate_methods(
     ]
 
 
+def _check_methods(explainer: Explainer, configs: Sequence[CamConfig], sanity: bool) -> None:
+    """UnsupportedModel (one line) when a method or the sanity check needs a torch model (its
+    gradients, its layers to randomise) and the model has none (an ONNX file)."""
+    for config in configs:
+        if config.method in GRADIENT_METHODS:
+            explainer.model.torch_module(config.method)
+    if sanity:
+        explainer.model.torch_module("--sanity")
+
+
 def _measure(
     explainer: Explainer,
     configs: Sequence[CamConfig],
@@ -92,7 +104,7 @@ def _measure(
 ) -> tuple[dict[str, FaithfulnessScores], dict[str, list[SanityStep]], torch.Tensor]:
     """Each method's scores of the images ``batch`` (N, 3, H, W) whose logits, maps and scores
     are all finite, its sanity check, and which images those are (N,) bool."""
-    model = explainer.model.module
+    model = explainer.logits  # the torch module's logits, or an ONNX file's session's
     images = batch.to(explainer.device)  # (N, 3, H, W)
     targets, finite = _eval_targets(explainer, images)  # (N,), (N,) bool
     saliencies = {}
@@ -117,7 +129,7 @@ def _measure(
         finite[kept] &= _finite_scores(measured[config.method])
         if sanity:
             explain = _fixed_targets(explainer, targets, config)
-            sane[config.method] = sanity_check(model, images, explain)
+            sane[config.method] = sanity_check(explainer.model.torch_module(), images, explain)
     final = finite[kept]  # (M,): images whose every score is finite too
     if len(kept) and not bool(final.all()):
         measured = {method: _subset(part, final) for method, part in measured.items()}

@@ -4,7 +4,8 @@
 (the local one, Ray's actors) explain through the :class:`Explainer` it returns. The explainer
 holds the two passes the Score-CAM core needs: the first pass (logits and the layer's
 activations; the capture hook of a torch module unless a ``first_pass`` is given) and the masked
-passes (a backend's ``score_batch``, or the module itself).
+passes (a backend's ``score_batch``, or the module itself). An ONNX file gives both from its own
+ONNX Runtime session (:mod:`scorecam_cli.onnx_ready`), without a torch module.
 """
 
 from __future__ import annotations
@@ -91,10 +92,10 @@ class Explainer:
         images = batch.to(self.device, non_blocking=True)
         targets = self.classes if classes is None else classes
         if module is not None or config.method in GRADIENT_METHODS:
-            model = self.model.module if module is None else module
+            model = self.model.torch_module(config.method) if module is None else module
             return compute_cams(model, self.layer, images, targets, self.top_k, config)
-        first = self.first_pass or torch_first_pass(self.model.module, self.layer)
-        score = self.score_batch or torch_score_batch(self.model.module)
+        first = self.first_pass or torch_first_pass(self.model.torch_module(), self.layer)
+        score = self.score_batch or torch_score_batch(self.model.torch_module())
         separate = self.score_batch is not None
         return score_cams(first, score, images, targets, self.top_k, config, separate)
 
@@ -116,7 +117,7 @@ class Explainer:
         with torch.inference_mode():
             if self.first_pass is not None:
                 return self.first_pass(images)[0]
-            return self.model.module(as_model_input(images))
+            return self.model.torch_module()(as_model_input(images))
 
 
 def build_explainer(spec: ExplainSpec, *, check_precision: bool = True) -> Explainer:
@@ -131,15 +132,19 @@ def build_explainer(spec: ExplainSpec, *, check_precision: bool = True) -> Expla
     from scorecam_cli.backends import load_backend
     from scorecam_cli.devices import check_cpu_precision, prepare_model, resolve_device
     from scorecam_cli.models import describe, parse_class
+    from scorecam_cli.models.sources import is_onnx
 
+    if is_onnx(spec.model.source):  # both passes in ONNX Runtime, no torch module
+        return _onnx_explainer(spec)
     device = resolve_device(spec.compute.device)
     loaded, info, size = load_and_resolve(spec)
     head = model_head(loaded, spec.method.head)
     classes = [parse_class(text, loaded.categories) for text in spec.classes] or None
-    loaded = replace(loaded, module=prepare_model(loaded.module, device))
+    module = prepare_model(loaded.torch_module(), device)
+    loaded = replace(loaded, module=module)
     masked = spec.method.method in SCORE_METHODS
     backend = load_backend(
-        loaded.module,
+        module,
         spec.compute.backend if masked else "torch",
         model_name=loaded.name,
         input_size=size,
@@ -162,6 +167,23 @@ def build_explainer(spec: ExplainSpec, *, check_precision: bool = True) -> Expla
     )
 
 
+def _onnx_explainer(spec: ExplainSpec) -> Explainer:
+    """The explainer of an ONNX file: its session's first pass and masked passes."""
+    from scorecam_cli.models import parse_class
+    from scorecam_cli.onnx_ready import open_onnx
+
+    ready = open_onnx(spec)
+    head = model_head(ready.model, spec.method.head)
+    classes = [parse_class(text, ready.model.categories) for text in spec.classes] or None
+    check_classes(head.classes if head is not None else None, classes, spec.top_k)
+    config = replace(ready.config, head=head.kind if head is not None else ready.config.head)
+    passes = ready.passes
+    return Explainer(
+        ready.model, ready.layer, ready.device, config, classes, spec.top_k, ready.size,
+        passes.score_batch, passes.first_pass,
+    )  # fmt: skip
+
+
 def load_and_resolve(spec: ExplainSpec) -> tuple[LoadedModel, LayerInfo, tuple[int, int]]:
     """Load the model and resolve the layer by a dry run at the input size (the model's native
     size by default); the layer and its layout are logged. The model's ``num_classes`` is C of
@@ -172,11 +194,10 @@ def load_and_resolve(spec: ExplainSpec) -> tuple[LoadedModel, LayerInfo, tuple[i
     loaded = load_model_spec(spec.model)
     size = spec.input_size or loaded.preprocessing.input_size
     layer = spec.layer
+    module = loaded.torch_module()
     channels = loaded.preprocessing.channels
-    with native_size_hint(loaded), output_width(loaded.module) as width:
-        info = resolve_layer(
-            loaded.module, layer.name, size, layer.layout, layer.prefix_tokens, channels
-        )
+    with native_size_hint(loaded), output_width(module) as width:
+        info = resolve_layer(module, layer.name, size, layer.layout, layer.prefix_tokens, channels)
     how = "default" if layer.name is None else "chosen"
     shape = "x".join(str(v) for v in info.map_shape or ())
     log.info("layer %s (%s), %s, %s", info.ref, how, info.layout, shape)

@@ -1,7 +1,8 @@
 """How faithful are the maps? Perturbation metrics (the sanity check is in :mod:`.sanity`).
 
-All metrics take a model in eval mode, images X (N, 3, H, W) already normalised with the model's
-mean/std, saliency maps S (N, H, W) at the images' resolution (e.g.
+All metrics take a model (a torch module in eval mode, or any callable images (B, 3, H, W) ->
+logits (B, C): :data:`Logits`, such as an ONNX file's session), images X (N, 3, H, W) already
+normalised with the model's mean/std, saliency maps S (N, H, W) at the images' resolution (e.g.
 ``upsample_maps(result.maps, (H, W))[:, t]``) and target classes c (N,). A "probability" is
 the ``head``'s (:mod:`scorecam_cli.heads`): ``softmax(model(x))[c]``, or with ``sigmoid`` the
 sigmoid of class c's own score (a one-logit model's class 0: ``1 - sigmoid(z)``).
@@ -61,6 +62,8 @@ DELETION_BASELINE = 0.0  # value of a removed pixel, in normalised space: the da
 BLUR_KERNEL = 11  # insertion's starting image: Gaussian blur kernel size (pixels, odd)
 BLUR_SIGMA = 5.0  # ... and its standard deviation (pixels)
 
+Logits = Callable[[Tensor], Tensor]
+"""The model the metrics run: images (B, 3, H, W) -> logits (B, C); an nn.Module is one."""
 Explain = Callable[[nn.Module, Tensor], Tensor]
 """``explain(model, images)`` -> saliency maps (N, H, W) for fixed target classes."""
 
@@ -129,7 +132,7 @@ def explanation_masks(saliency: Tensor) -> Tensor:
 
 
 def explained_probabilities(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -168,7 +171,7 @@ def increase_in_confidence(original: Tensor, explained: Tensor) -> Tensor:
 
 
 def deletion_curve(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -185,7 +188,7 @@ def deletion_curve(
 
 
 def insertion_curve(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -245,7 +248,7 @@ def _step_counts(pixels: int, steps: int, device: torch.device) -> Tensor:
 
 
 def _perturbation_curve(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -286,7 +289,7 @@ def _perturbation_curve(
 
 
 def faithfulness_scores(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -350,7 +353,7 @@ def summarise(batches: Iterable[FaithfulnessScores]) -> Faithfulness:
 
 
 def faithfulness(
-    model: nn.Module,
+    model: Logits,
     images: Tensor,
     saliency: Tensor,
     classes: Tensor | Sequence[int],
@@ -399,7 +402,7 @@ def _check_inputs(images: Tensor, saliency: Tensor, classes: Tensor | Sequence[i
 
 
 def _probabilities(
-    model: nn.Module,
+    model: Logits,
     build: Callable[[int, int], tuple[Tensor, Tensor]],
     count: int,
     device: torch.device,

@@ -4,10 +4,12 @@ inferred of a model (classes, input channels, head: on stderr)."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
 from scorecam_cli.cli.common import user_errors
+from scorecam_cli.cli.escaping import escape_field
 from scorecam_cli.cli.options import (
     HEAD_OPTION,
     LABELS_OPTION,
@@ -17,6 +19,9 @@ from scorecam_cli.cli.options import (
     parse_input_size,
 )
 from scorecam_cli.cli.output import emit, protect_stdout
+
+if TYPE_CHECKING:
+    from scorecam_cli.layers import LayerInfo, LayerRef
 
 log = logging.getLogger("scorecam_cli")
 
@@ -33,7 +38,11 @@ log = logging.getLogger("scorecam_cli")
 )
 def models(pattern: str | None, weights: str | None) -> None:
     """List the model names --model takes (PATTERN: a substring or a glob; 'timm:GLOB' lists
-    timm's models, e.g. 'timm:convnext*')."""
+    timm's models, e.g. 'timm:convnext*').
+
+    --model also takes paths: FILE.onnx or onnx:FILE, an ONNX file explained in ONNX Runtime
+    without PyTorch model code (Score-CAM methods only; extra 'fast'), and
+    package.module:NAME for a model of your own."""
     from scorecam_cli.heads import Head
     from scorecam_cli.models import available_models, checkpoint_fits
 
@@ -53,7 +62,7 @@ def models(pattern: str | None, weights: str | None) -> None:
 
 
 @click.command()
-@click.argument("model", default="efficientnet_lite0")
+@click.argument("model", default="efficientnet_lite0", metavar="MODEL|FILE.onnx")
 @click.option(
     "--input-size",
     default=None,
@@ -88,31 +97,51 @@ def layers(
     layout (nchw, nhwc, or tokens+P with P prefix tokens), and 'default' on the default.
     With --all, layers it cannot explain are listed too, with their raw shape and layout '-'.
     What the tool inferred of the model (classes, input channels, head) goes to stderr.
+    For an ONNX file the layers are its graph's intermediate tensors, by name.
     """
     from dataclasses import replace
 
     from scorecam_cli.explainer import model_head, native_size_hint, output_width
     from scorecam_cli.layers import pick_default, trace_layers
     from scorecam_cli.models import describe, load_model_spec
+    from scorecam_cli.models.sources import is_onnx
 
     protect_stdout()  # a model's own prints go to stderr
     asked = parse_input_size(input_size)
     spec = model_spec(model, weights, labels, mean, std)
     with user_errors():
-        loaded = load_model_spec(spec)
-        size = asked or loaded.preprocessing.input_size
-        channels = loaded.preprocessing.channels
-        with native_size_hint(loaded), output_width(loaded.module) as width:
-            infos = trace_layers(loaded.module, size, channels=channels)
-        loaded = replace(loaded, num_classes=width[-1] if width else None)
-        log.info("%s", describe(loaded, model_head(loaded, head or "auto")))
-        default = pick_default(infos, loaded.module).ref
+        if is_onnx(model):
+            infos, default = _onnx_layers(model, asked)
+        else:
+            loaded = load_model_spec(spec)
+            size = asked or loaded.preprocessing.input_size
+            channels, module = loaded.preprocessing.channels, loaded.torch_module()
+            with native_size_hint(loaded), output_width(module) as width:
+                infos = trace_layers(module, size, channels=channels)
+            loaded = replace(loaded, num_classes=width[-1] if width else None)
+            log.info("%s", describe(loaded, model_head(loaded, head or "auto")))
+            default = pick_default(infos, module).ref
     for info in infos:
+        name = escape_field(str(info.ref))  # an ONNX file's tensor names are anyone's text
         if info.is_map:
             mark = "\tdefault" if info.ref == default else ""
-            emit(f"{info.ref}\t{shape_text(info.map_shape)}\t{info.layout}{mark}")
+            emit(f"{name}\t{shape_text(info.map_shape)}\t{info.layout}{mark}")
         elif show_all:
-            emit(f"{info.ref}\t{shape_text(info.shape[1:]) or '-'}\t-")
+            emit(f"{name}\t{shape_text(info.shape[1:]) or '-'}\t-")
+
+
+def _onnx_layers(path: str, asked: tuple[int, int] | None) -> tuple[list[LayerInfo], LayerRef]:
+    """An ONNX file's tensors (LayerInfo, in the graph's order) and the default's ref."""
+    from scorecam_cli.errors import UnknownLayer
+    from scorecam_cli.models import load_model
+    from scorecam_cli.models.onnx_source import onnx_graph, onnx_input_size
+    from scorecam_cli.onnx_layers import graph_layers
+
+    graph = onnx_graph(load_model(path, "none"))
+    layers = graph_layers(graph, onnx_input_size(graph, asked))
+    if layers.default is None:
+        raise UnknownLayer(f"{path}: the graph has no tensor the tool can read as maps")
+    return layers.infos, layers.default.ref
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:

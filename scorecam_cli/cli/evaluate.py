@@ -28,7 +28,8 @@ log = logging.getLogger("scorecam_cli")
     "methods",
     type=click.Choice(METHODS),
     multiple=True,
-    help="A method to measure (repeatable). Default: scorecam and gradcam.",
+    help="A method to measure (repeatable). Default: scorecam and gradcam (an ONNX file: "
+    "scorecam).",
 )
 @click.option(
     "-c",
@@ -95,11 +96,13 @@ def eval_command(
     from scorecam_cli.events import Failure
     from scorecam_cli.explainer import build_explainer
     from scorecam_cli.images import find_inputs
+    from scorecam_cli.models.sources import is_onnx
     from scorecam_cli.shards import in_shard
     from scorecam_cli.writing import DecodeOptions
 
     protect_stdout()  # a model's own prints go to stderr
-    chosen = methods or ("scorecam", "gradcam")
+    # An ONNX file has no gradients: Score-CAM alone, unless asked (then refused in one line).
+    chosen = methods or (("scorecam",) if is_onnx(model.source) else ("scorecam", "gradcam"))
     # The explainer's own method decides whether a backend is loaded for the masked passes.
     first = next((m for m in chosen if m in SCORE_METHODS), chosen[0])
     spec = ExplainSpec(

@@ -123,9 +123,10 @@ model_options = option_group(
             default="efficientnet_lite0",
             show_default=True,
             help="A torchvision classification model, the embedded efficientnet_lite0, "
-            "timm:NAME (extra 'timm'), or package.module:NAME: a function or nn.Module class "
+            "timm:NAME (extra 'timm'), package.module:NAME: a function or nn.Module class "
             "defined in that module, called without arguments, that gives an nn.Module (nothing "
-            "else is ever called).",
+            "else is ever called), or an ONNX file: FILE.onnx or onnx:FILE (run in ONNX Runtime, "
+            "Score-CAM methods only; extra 'fast').",
         ),
         click.option(
             "-w",
@@ -145,8 +146,9 @@ model_options = option_group(
             "--layer",
             default=None,
             help="Target layer: a dotted module name (layer4, features.29), with :CALL for a "
-            "module that runs more than once. Default: the last block output of the backbone "
-            "before global pooling (ViT: the last block's ln_1); see 'scorecam layers MODEL'.",
+            "module that runs more than once (an ONNX file: a tensor name). Default: the last "
+            "block output of the backbone before global pooling (ViT: the last block's ln_1); "
+            "see 'scorecam layers MODEL'.",
         ),
         click.option(
             "--input-size",

@@ -1,5 +1,6 @@
 """Models by name, one source each behind :func:`load_model`: torchvision's registry, the embedded
-offline default, ``package.module:factory`` and ``timm:NAME``.
+offline default, ``package.module:factory``, ``timm:NAME`` and ONNX files (``FILE.onnx``,
+``onnx:FILE``); :mod:`scorecam_cli.models.sources` is the one parser of those names.
 
 Weights never come from the network at run time unless torchvision can fetch them: named weights are
 read from the torch hub cache (timm: the Hugging Face cache), a ``PATH`` is a state dict loaded with
@@ -30,6 +31,7 @@ from scorecam_cli.models.checkpoints import (
 )
 from scorecam_cli.models.overrides import describe, overlay
 from scorecam_cli.models.seeding import seeded
+from scorecam_cli.models.sources import EMBEDDED, MODULE, ONNX, TIMM, parse_source
 from scorecam_cli.models.torchvision_source import weights_cache_path
 from scorecam_cli.spec import EMBEDDED_MODEL, ModelSpec
 
@@ -116,7 +118,9 @@ def load_model(
 
     ``name`` is a torchvision classification model, ``efficientnet_lite0`` (embedded),
     ``timm:NAME``, or ``package.module:factory`` for a function or nn.Module class of that module
-    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`). A checkpoint PATH of a
+    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`), or an ONNX file
+    (``FILE.onnx`` or ``onnx:FILE``; its runtime is its graph, not a torch module: see
+    :mod:`scorecam_cli.models.onnx_source`). A checkpoint PATH of a
     registry architecture builds it to fit (:mod:`scorecam_cli.models.checkpoints`). Then, for
     every source, the input channels of the stem and the overrides (``labels`` file, ``mean``,
     ``std``) are applied (:func:`scorecam_cli.models.overrides.overlay`).
@@ -124,15 +128,20 @@ def load_model(
     from scorecam_cli.models.logits import reduce_to_logits
 
     spec = weights_spec(weights)
-    if name == EMBEDDED_MODEL:
+    source = parse_source(name)
+    if source.kind == ONNX:
+        from scorecam_cli.models.onnx_source import load_onnx
+
+        loaded = load_onnx(source.target, spec)
+    elif source.kind == EMBEDDED:
         from scorecam_cli.models.embedded import load_embedded
 
         loaded = load_embedded(spec)
-    elif name.startswith("timm:"):
+    elif source.kind == TIMM:
         from scorecam_cli.models.timm_source import load_timm
 
-        loaded = load_timm(name.removeprefix("timm:"), spec)
-    elif ":" in name:
+        loaded = load_timm(source.target, spec)
+    elif source.kind == MODULE:
         from scorecam_cli.models.custom import load_custom
 
         loaded = load_custom(name, spec)
@@ -140,5 +149,6 @@ def load_model(
         from scorecam_cli.models.torchvision_source import load_torchvision
 
         loaded = load_torchvision(name, spec)
-    reduce_to_logits(loaded.module).eval()
+    if source.kind != ONNX:
+        reduce_to_logits(loaded.torch_module()).eval()
     return overlay(loaded, labels, mean, std)

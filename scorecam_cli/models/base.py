@@ -5,10 +5,14 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from scorecam_cli.errors import UnknownClass
+from scorecam_cli.errors import UnknownClass, UnsupportedModel
+
+if TYPE_CHECKING:
+    from scorecam_cli.models.onnx_model import OnnxModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,8 +36,9 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """What a model source returns: the model in eval mode (the runtime), what it takes to feed
-    it, its class names and what its weights are. Changed with ``dataclasses.replace`` only.
+    """What a model source returns: the model in eval mode (the runtime: a torch module, or an
+    ONNX file's graph), what it takes to feed it, its class names and what its weights are.
+    Changed with ``dataclasses.replace`` only.
 
     ``preprocessing.input_size`` is the model's native size: its weights' crop size, or the size
     it is built for (ViT, MaxViT: 224; timm: its data config). ``num_classes`` is C of its
@@ -42,7 +47,7 @@ class LoadedModel:
     """
 
     name: str
-    module: nn.Module
+    module: nn.Module | OnnxModel
     preprocessing: Preprocessing
     categories: list[str] | None
     weights: str
@@ -54,6 +59,16 @@ class LoadedModel:
         if self.categories is None or not 0 <= index < len(self.categories):
             return None
         return self.categories[index]
+
+    def torch_module(self, needs: str = "this") -> nn.Module:
+        """The torch model; UnsupportedModel (one line) for an ONNX file, saying that ``needs``
+        (a method, an option) needs a torch model."""
+        if isinstance(self.module, nn.Module):
+            return self.module
+        raise UnsupportedModel(
+            f"{self.name}: {needs} needs a PyTorch model (its gradients or layers), and this is "
+            "an ONNX file: explain it with scorecam, faster-scorecam, sscam or iscam"
+        )
 
 
 def imagenet_categories() -> list[str]:

@@ -34,7 +34,8 @@ def overlay(
 ) -> LoadedModel:
     """``loaded`` fed as its stem needs, with the user's class names and normalisation."""
     prep = loaded.preprocessing
-    if stem_channels(loaded.module) == 1 and prep.channels == 3:
+    module = loaded.module  # an ONNX graph's input channels are checked where it loads
+    if isinstance(module, nn.Module) and stem_channels(module) == 1 and prep.channels == 3:
         prep = Preprocessing(prep.input_size, (_average(prep.mean),), (_average(prep.std),))
     prep = replace(
         prep,

@@ -273,7 +273,7 @@ def fake_export(size: int):
     """An exporter that writes ``size`` bytes, counting its calls."""
     calls: list[Path] = []
 
-    def export(model: nn.Module, input_size: tuple[int, int], path: Path) -> None:
+    def export(model: nn.Module, input_size: tuple[int, int], path: Path, *_: object) -> None:
         calls.append(path)
         path.write_bytes(b"x" * size)
 
@@ -331,7 +331,7 @@ from pathlib import Path
 from torch import nn
 from scorecam_cli.backends import cache, export
 
-def killed(model, input_size, path):
+def killed(model, input_size, path, *args):
     path.write_bytes(b"half an export")
     os._exit(9)
 

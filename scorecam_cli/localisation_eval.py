@@ -183,9 +183,8 @@ def _measure(
         maps = []
         for n, image_targets in enumerate(targets):
             height, width = (int(side) for side in image_targets[0].mask.shape)
-            cams = upsample_maps(result.maps[n : n + 1, : len(image_targets)], (height, width))[
-                0
-            ]  # (T, H0, W0)
+            layer_maps = result.maps[n : n + 1, : len(image_targets)]  # (1, T, h, w)
+            cams = upsample_maps(layer_maps, (height, width))[0]  # (T, H0, W0)
             finite[n] &= bool(torch.isfinite(cams).all())
             maps.append(cams.cpu())
         per_method[config.method] = maps

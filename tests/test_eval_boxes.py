@@ -278,3 +278,19 @@ def test_the_boxes_are_outlines_over_the_right_thumbnail_in_a_browser(tmp_path: 
         assert outline["width"] == pytest.approx(0.5 * image["width"], abs=1.5)
         assert outline["height"] == pytest.approx(0.5 * image["height"], abs=1.5)
         assert not session.errors, session.errors
+
+
+def test_shards_split_the_images_and_count_the_others_boxes_as_matched(tmp_path: Path) -> None:
+    images(tmp_path / "in", 4)
+    boxes = tmp_path / "b.csv"
+    rows = "".join(f"im{n:02d}.png,0,2,2,12,12\n" for n in range(4))
+    boxes.write_text("image,class,x0,y0,x1,y1\n" + rows, encoding="utf-8")
+    scored = 0
+    for shard in ("0/2", "1/2"):
+        args: list[str | Path] = ["--boxes", boxes, "--shard", shard, "--method", "scorecam"]
+        result = cli("eval", tmp_path / "in", *TINY, *args, "--format", "jsonl")
+        assert result.returncode == 0, result.stderr.decode()
+        assert b"warning" not in result.stderr, result.stderr.decode()
+        if result.stdout:  # a shard may be empty (exit 0, no rows)
+            scored += json.loads(result.stdout)["images"]
+    assert scored == 4

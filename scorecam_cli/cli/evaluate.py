@@ -66,7 +66,7 @@ log = logging.getLogger("scorecam_cli")
     "box_file",
     default=None,
     metavar="FILE",
-    help="Measure localisation against these boxes instead of faithfulness (see below).",
+    help="Measure localisation against these boxes instead of faithfulness (see above).",
 )
 @click.option(
     "--tolerance",

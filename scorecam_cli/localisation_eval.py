@@ -22,6 +22,7 @@ from scorecam_cli.cam import CamConfig, upsample_maps
 from scorecam_cli.choices import GRADIENT_METHODS
 from scorecam_cli.events import NOT_FINITE, Event, Explained, Failure, Skipped
 from scorecam_cli.explainer import Explainer
+from scorecam_cli.heads import Head
 from scorecam_cli.images import InputImage, LoadedImage
 from scorecam_cli.localisation import (
     Localisation,
@@ -54,10 +55,13 @@ class _Target:
 
 
 def model_boxes(path: str | Path, explainer: Explainer) -> BoxSet:
-    """The box file ``path`` read with the model's class names and number of outputs
-    (BadBoxFile when it cannot be read at all)."""
+    """The box file ``path`` read with the model's class names and explainable classes (a
+    one-logit binary model has two); BadBoxFile when it cannot be read at all."""
     model = explainer.model
-    return read_boxes(path, model.categories, model.num_classes)
+    classes = None
+    if model.num_classes is not None:
+        classes = Head.of(explainer.config.head, model.num_classes).classes
+    return read_boxes(path, model.categories, classes)
 
 
 def matched_keys(

@@ -12,8 +12,9 @@ import click
 
 from scorecam_cli.choices import METHODS, SCORE_METHODS
 from scorecam_cli.cli.common import Fatal, user_errors
+from scorecam_cli.cli.eval_boxes import eval_localisation, refuse_with_boxes
 from scorecam_cli.cli.options import cam_options, decode_workers, model_options, workers_option
-from scorecam_cli.cli.output import emit, progress, protect_stdout, report_failure
+from scorecam_cli.cli.output import emit, emit_rows, progress, protect_stdout, report_failure
 from scorecam_cli.cli.scale import shard_option
 from scorecam_cli.spec import CamConfig, ComputeSpec, ExplainSpec, LayerSpec, ModelSpec
 
@@ -60,6 +61,21 @@ log = logging.getLogger("scorecam_cli")
     show_default=True,
     help="A table, or one JSON object / CSV row per method.",
 )
+@click.option(
+    "--boxes",
+    "box_file",
+    default=None,
+    metavar="FILE",
+    help="Measure localisation against these boxes instead of faithfulness (see above).",
+)
+@click.option(
+    "--tolerance",
+    type=click.IntRange(0),
+    default=15,
+    show_default=True,
+    metavar="PX",
+    help="With --boxes: the pointing game's tolerance in pixels.",
+)
 @click.option("--image-batch", type=click.IntRange(1), default=8, show_default=True)
 @workers_option
 @shard_option
@@ -75,6 +91,8 @@ def eval_command(
     steps: int,
     sanity: bool,
     record_format: str,
+    box_file: str | None,
+    tolerance: int,
     image_batch: int,
     workers: int | None,
     shard: Any,
@@ -91,6 +109,17 @@ def eval_command(
       area under the class probability over the fraction removed. Lower is better.
     Insertion AUC: start from a Gaussian-blurred copy (kernel 11, sigma 5) and put the original
       pixels back, most salient first; area under the probability curve. Higher is better.
+
+    \b
+    With --boxes FILE (CSV image,class,x0,y0,x1,y1 or a folder of Pascal VOC .xml files; pixels
+    of the original image, x1 and y1 exclusive), every image is judged on its boxes' classes
+    (one map per image and class, at the image's own size) for localisation instead of the
+    metrics above (run eval without --boxes for those):
+    Pointing game: share of maps whose maximum lies within --tolerance px of a box of the
+      class (0: inside one). Higher is better.
+    Energy-based pointing game: share of the min-max normalised map's energy inside the union
+      of the class's boxes. Higher is better.
+    Box area share: share of the image those boxes cover: the chance level of both.
     """
     from scorecam_cli.evaluation import evaluate_methods
     from scorecam_cli.events import Failure
@@ -100,6 +129,8 @@ def eval_command(
     from scorecam_cli.shards import in_shard
     from scorecam_cli.writing import DecodeOptions
 
+    if box_file is not None:
+        refuse_with_boxes(class_names, sanity)
     protect_stdout()  # a model's own prints go to stderr
     # An ONNX file has no gradients: Score-CAM alone, unless asked (then refused in one line).
     chosen = methods or (("scorecam",) if is_onnx(model.source) else ("scorecam", "gradcam"))
@@ -111,6 +142,19 @@ def eval_command(
     with user_errors():
         explainer = build_explainer(spec)
     configs = [dataclasses.replace(explainer.config, method=method) for method in chosen]
+    if box_file is not None:
+        decode = DecodeOptions(image_batch, decode_workers(workers, inputs, image_batch))
+        eval_localisation(
+            ctx,
+            explainer,
+            configs,
+            inputs,
+            shard,
+            box_file=box_file,
+            tolerance=tolerance,
+            record_format=record_format,
+            decode=decode,
+        )
     failed = seen = 0
 
     with progress() as bar:
@@ -145,7 +189,7 @@ def eval_command(
         for report, row in zip(reports, rows, strict=True):
             emit(json.dumps({**row, "sanity": _sanity_steps(report)} if sanity else row))
     else:
-        _emit_table(rows, csv=record_format == "csv")
+        emit_rows(rows, csv=record_format == "csv")
     ctx.exit(1 if failed else 0)
 
 
@@ -175,18 +219,3 @@ def _sanity_steps(report: Any) -> list[dict[str, Any]]:
         }
         for step in report.sanity
     ]
-
-
-def _emit_table(rows: list[dict[str, Any]], csv: bool) -> None:
-    keys = list(rows[0])
-    if csv:
-        emit(",".join(keys))
-        for row in rows:
-            emit(",".join(str(row[k]) for k in keys))
-        return
-    cells = [keys, *[[str(row[k]) for k in keys] for row in rows]]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
-    for line in cells:
-        emit(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        )

@@ -93,3 +93,19 @@ def progress() -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
+
+
+def emit_rows(rows: list[dict[str, Any]], csv: bool) -> None:
+    """Rows of equal keys as a CSV (header first) or an aligned table, one line per record."""
+    keys = list(rows[0])
+    if csv:
+        emit(",".join(keys))
+        for row in rows:
+            emit(",".join(str(row[k]) for k in keys))
+        return
+    cells = [keys, *[[str(row[k]) for k in keys] for row in rows]]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
+    for line in cells:
+        emit(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )

@@ -48,8 +48,22 @@ log = logging.getLogger("scorecam_cli")
     show_default=True,
     help="Show no preview of images whose header announces more pixels, as run refuses them.",
 )
+@click.option(
+    "--boxes",
+    "box_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Draw these boxes on the cards' originals: a CSV image,class,x0,y0,x1,y1 or a folder "
+    "of Pascal VOC .xml files, as for eval --boxes (classes by index or by the maps' names).",
+)
 def report(
-    folder: Path, output: Path | None, thumb_size: int, max_file_mb: float, max_pixels: int
+    folder: Path,
+    output: Path | None,
+    thumb_size: int,
+    max_file_mb: float,
+    max_pixels: int,
+    box_file: Path | None,
 ) -> None:
     """Write a static HTML page to browse the maps of a run folder.
 
@@ -64,7 +78,7 @@ def report(
     from scorecam_cli.file_limits import Limits
 
     limits = Limits(max_file_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels)
-    emit(escape_field(str(write_report(folder, output, thumb_size, limits))))
+    emit(escape_field(str(write_report(folder, output, thumb_size, limits, box_file))))
 
 
 def write_report(
@@ -72,6 +86,7 @@ def write_report(
     output: Path | None = None,
     thumb_size: int = 192,
     limits: Limits | None = None,
+    box_file: Path | None = None,
 ) -> Path:
     """Build the report, say on stderr what is missing from it, and return the page's path;
     overlays and inputs are read under ``limits`` (default: run's defaults)."""
@@ -79,7 +94,7 @@ def write_report(
     from scorecam_cli.report.build import build_report
 
     with user_errors():
-        result = build_report(folder, output, thumb_size, limits or DEFAULT_LIMITS)
+        result = build_report(folder, output, thumb_size, limits or DEFAULT_LIMITS, box_file)
     for problem in result.problems:
         log.warning("warning: %s", problem)
     if result.missing_inputs:

@@ -24,6 +24,7 @@ from scorecam_cli.manifest import PART_GLOB, Manifest, manifest_files, read_mani
 from scorecam_cli.manifest_lines import PATHS
 from scorecam_cli.outputs import parse_output_name
 from scorecam_cli.render import write_atomic
+from scorecam_cli.report.card_boxes import read_card_boxes
 from scorecam_cli.report.thumbnails import THUMB_SUFFIX, write_thumbnails
 
 REPORT_NAME = "report.html"
@@ -53,6 +54,7 @@ def build_report(
     html: Path | None = None,
     thumb_size: int = 192,
     limits: Limits = DEFAULT_LIMITS,
+    box_file: Path | None = None,
 ) -> ReportResult:
     """Write the report of run folder ``root`` to ``html`` (default ``root/report.html``).
 
@@ -70,6 +72,7 @@ def build_report(
     base = root if _lexically_inside(html, root) else html.parent
     check_real_folders(base, thumbs)
     result = ReportResult(html, problems=list(manifest.problems))
+    boxes = None if box_file is None else read_card_boxes(box_file, manifest.entries)
     jobs: list[tuple[Path, Path]] = []
     cards: dict[str, dict[str, Any]] = {}
     for entry in manifest.entries:
@@ -81,7 +84,10 @@ def build_report(
         key = str(entry.get("input_abspath") or entry["input"])
         if key not in cards:
             cards[key] = _new_card(manifest, entry, thumbs, jobs, result)
+            cards[key]["boxes"] = [] if boxes is None else boxes.of(_stem(entry), entry)
         cards[key]["maps"].append(_map_data(entry, overlay, thumb, html.parent))
+    if boxes is not None:
+        result.problems.extend(boxes.problems + boxes.unmatched())
     stats = write_thumbnails(jobs, thumb_size, base, limits)
     result.thumbnails_written, result.thumbnails_reused = stats.written, stats.reused
     result.problems.extend(dict.fromkeys(stats.failed.values()))  # a bad folder: said once

@@ -48,7 +48,18 @@
   function original(card) {
     var box = make("div", "original");
     if (card.original) {
-      box.appendChild(image(card.original, "input " + card.input));
+      var frame = make("div", "frame");  // the boxes are placed in percent of the image
+      frame.appendChild(image(card.original, "input " + card.input));
+      (card.boxes || []).forEach(function (b) {
+        var outline = make("div", "box");
+        outline.style.left = Number(b.left) + "%";
+        outline.style.top = Number(b.top) + "%";
+        outline.style.width = Number(b.width) + "%";
+        outline.style.height = Number(b.height) + "%";
+        outline.appendChild(make("span", "box-label", String(b.label)));
+        frame.appendChild(outline);
+      });
+      box.appendChild(frame);
     } else {
       box.appendChild(make("div", "missing", "original not found: overlays only"));
     }

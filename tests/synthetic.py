@@ -206,10 +206,37 @@ FAMILIES = {
 @dataclass(frozen=True)
 class Training:
     """How a training run ended: the last steps' mean loss, and accuracy on held-out scenes
-    (share of (scene, class) pairs whose sigmoid decision is right)."""
+    (share of the objective's decisions that are right, e.g. of (scene, class) pairs)."""
 
     loss: float
     accuracy: float
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a model is trained to output: ``loss(logits, scenes)`` and ``correct(logits, scenes)``
+    (a bool per decision) for the held-out accuracy."""
+
+    loss: Callable[[Tensor, Scenes], Tensor]
+    correct: Callable[[Tensor, Scenes], Tensor]
+
+
+MULTI_LABEL = Objective(
+    lambda logits, s: F.binary_cross_entropy_with_logits(logits, s.targets),
+    lambda logits, s: (logits > 0) == s.targets.bool(),
+)  # (N, C) logits, a sigmoid per class
+SINGLE_LABEL = Objective(
+    lambda logits, s: F.cross_entropy(logits, s.labels[:, 0]),
+    lambda logits, s: logits.argmax(dim=1) == s.labels[:, 0],
+)  # (N, C) logits of a softmax classifier; the scene's first (for one-object tasks: only) object
+
+
+def present(index: int) -> Objective:
+    """One logit (N, 1): is an object of class ``index`` in the scene (a binary model)?"""
+    return Objective(
+        lambda logits, s: F.binary_cross_entropy_with_logits(logits[:, 0], s.targets[:, index]),
+        lambda logits, s: (logits[:, 0] > 0) == s.targets[:, index].bool(),
+    )
 
 
 def train(
@@ -220,8 +247,10 @@ def train(
     lr: float = 2e-3,
     batch_size: int = 32,
     seed: int = 0,
+    objective: Objective = MULTI_LABEL,
 ) -> Training:
-    """Train ``model`` in place on fresh scenes each step (AdamW, one-cycle, BCE per class).
+    """Train ``model`` in place on fresh scenes each step (AdamW, one-cycle, ``objective``'s loss:
+    by default BCE per class).
 
     Leaves the model in eval mode and returns how training ended. Seeded: the same model, task,
     steps and seed give the same weights on the same machine and thread count.
@@ -233,7 +262,7 @@ def train(
     recent: list[float] = []
     for step in range(steps):
         batch = task.scenes(batch_size, seed=1_000_003 * seed + step)
-        loss = F.binary_cross_entropy_with_logits(model(batch.inputs), batch.targets)
+        loss = objective.loss(model(batch.inputs), batch)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -242,8 +271,8 @@ def train(
     model.eval()
     held_out = task.scenes(256, seed=-1 - seed)
     with torch.inference_mode():
-        decided = model(held_out.inputs) > 0  # (N, C)
-    accuracy = float((decided == held_out.targets.bool()).float().mean())
+        correct = objective.correct(model(held_out.inputs), held_out)
+    accuracy = float(correct.float().mean())
     return Training(loss=sum(recent) / len(recent), accuracy=accuracy)
 
 
@@ -253,3 +282,9 @@ def trained(name: str, task: SyntheticTask, seed: int = 0) -> tuple[nn.Module, T
     torch.manual_seed(seed)
     model = family.build(task.classes, task.size)
     return model, train(model, task, family.steps, lr=family.lr, seed=seed)
+
+
+def vit64() -> nn.Module:
+    """A factory for ``--model synthetic:vit64``: :func:`build_vit` for the four classes at 64 px
+    (random weights; ``--weights`` fills them)."""
+    return build_vit(len(CLASS_NAMES), 64)

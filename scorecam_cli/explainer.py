@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from scorecam_cli.aspect import AspectResize, aspect_resize, aspect_spec
 from scorecam_cli.cam import (
     CamConfig,
     CamResult,
@@ -53,6 +54,7 @@ class Explainer:
     input_size: tuple[int, int] | None = None
     score_batch: ScoreBatch | None = None  # runs the masked passes (a backend); None: the model
     first_pass: FirstPass | None = None  # logits and activations; None: the model's, hooked
+    aspect: AspectResize | None = None  # --keep-aspect: each image's size; None: ``size``
 
     @property
     def size(self) -> tuple[int, int]:
@@ -68,6 +70,7 @@ class Explainer:
             "std": list(prep.std),
             "head": self.config.head,
             "input_size": list(self.size),
+            "keep_aspect": self.aspect is not None,
             "weighting": self.config.weighting,
             "precision": self.config.precision,
             "classes": list(self.classes) if self.classes else None,
@@ -134,10 +137,12 @@ def build_explainer(spec: ExplainSpec, *, check_precision: bool = True) -> Expla
     from scorecam_cli.models import describe, parse_class
     from scorecam_cli.models.sources import is_onnx
 
+    spec = aspect_spec(spec)  # --keep-aspect: refused for fixed-size models, in PyTorch
     if is_onnx(spec.model.source):  # both passes in ONNX Runtime, no torch module
         return _onnx_explainer(spec)
     device = resolve_device(spec.compute.device)
     loaded, info, size = load_and_resolve(spec)
+    aspect = aspect_resize(loaded, info, size) if spec.keep_aspect else None
     head = model_head(loaded, spec.method.head)
     classes = [parse_class(text, loaded.categories) for text in spec.classes] or None
     module = prepare_model(loaded.torch_module(), device)
@@ -163,8 +168,9 @@ def build_explainer(spec: ExplainSpec, *, check_precision: bool = True) -> Expla
     check_classes(head.classes if head is not None else None, classes, spec.top_k)
     log.debug("%s; on %s, masked passes: %s", describe(loaded, head), device, backend.name)
     return Explainer(
-        loaded, info.ref, device, config, classes, spec.top_k, size, backend.score_batch
-    )
+        loaded, info.ref, device, config, classes, spec.top_k, size, backend.score_batch,
+        aspect=aspect,
+    )  # fmt: skip
 
 
 def _onnx_explainer(spec: ExplainSpec) -> Explainer:

@@ -160,20 +160,25 @@ def captured_stderr() -> Iterator[list[str]]:
 
 def header_pixels(path: Path) -> int:
     """The pixel count a regular file's header announces (0 when unknown); never blocks."""
+    size = header_size_of(path)
+    return size[0] * size[1] if size else 0
+
+
+def header_size_of(path: Path) -> tuple[int, int] | None:
+    """(H, W) a regular file's header announces (None when unknown); never blocks."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError):
-        return 0
+        return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return 0
+            return None
         head = os.read(fd, 256 * 1024)
     except OSError:
-        return 0
+        return None
     finally:
         os.close(fd)
-    size = header_size(head)
-    return size[0] * size[1] if size else 0
+    return header_size(head)
 
 
 def check_before_decoding(path: Path, data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:

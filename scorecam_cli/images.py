@@ -73,6 +73,8 @@ class LoadedImage:
 
 
 Handed = LoadedImage | CopiedImage[LoadedImage]  # what a decoding worker sends
+# The model's input size (H, W), or a rule giving it from the decoded (H0, W0) (--keep-aspect)
+Size = tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]]
 
 
 # ---------------------------------------------------------------------------- finding inputs
@@ -307,7 +309,7 @@ def preprocess(
 def load_image(
     index: int,
     item: InputImage,
-    size: tuple[int, int],
+    size: Size,
     mean: Sequence[float],
     std: Sequence[float],
     limits: Limits = DEFAULT_LIMITS,
@@ -329,7 +331,8 @@ def load_image(
     detail = "; ".join(said)[:300] or None
     if image is None:
         return LoadedImage(index, item, None, None, f"{failure} ({detail})" if detail else failure)
-    tensor = torch.from_numpy(preprocess(image, size, mean, std))  # (C, H, W)
+    target = size(image.shape[:2]) if callable(size) else size  # (H, W)
+    tensor = torch.from_numpy(preprocess(image, target, mean, std))  # (C, H, W)
     # Tensors, not arrays: worker processes hand them over in shared memory, uncopied.
     warning = f"{item.path}: decoder said: {detail}" if detail else None
     return LoadedImage(index, item, tensor, torch.from_numpy(image), None, warning)
@@ -340,7 +343,7 @@ class ImageDataset(Dataset[Handed]):
 
     def __init__(
         self,
-        size: tuple[int, int],
+        size: Size,
         mean: Sequence[float],
         std: Sequence[float],
         limits: Limits = DEFAULT_LIMITS,
@@ -358,7 +361,7 @@ class ImageDataset(Dataset[Handed]):
 
 def load_batches(
     inputs: Iterable[InputImage],
-    size: tuple[int, int],
+    size: Size,
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int,

@@ -80,7 +80,8 @@ class ComputeSpec:
 
 @dataclass(frozen=True)
 class ExplainSpec:
-    """Everything that decides the maps: model, layer, input size, method, targets, compute.
+    """Everything that decides the maps: model, layer, input size (and whether images keep
+    their aspect), method, targets, compute.
 
     ``classes`` are the user's words (indices or names), resolved against the model's class
     names when the explainer is built; with none, the ``top_k`` classes of each image.
@@ -93,3 +94,4 @@ class ExplainSpec:
     input_size: tuple[int, int] | None = None  # (H, W); None: the model's native size
     classes: tuple[str, ...] = ()
     top_k: int = 1
+    keep_aspect: bool = False  # --keep-aspect: scorecam_cli.aspect (the model must take it)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scorecam_cli.aspect import grouped_inputs, same_size_groups
 from scorecam_cli.cam import CamResult
 from scorecam_cli.errors import ScoreCamError, first_line
 from scorecam_cli.events import NOT_FINITE, Event, Failure, Skipped
@@ -93,11 +94,15 @@ def decoded_batches(
     explainer: Explainer, inputs: Iterable[InputImage], decode: DecodeOptions
 ) -> Iterator[tuple[list[Failure], list[LoadedImage], torch.Tensor | None]]:
     """Per batch: the inputs that failed to decode, those that did, and their images
-    (N, 3, H, W) on the CPU (None when none decoded)."""
+    (N, 3, H, W) on the CPU (None when none decoded). With ``--keep-aspect`` the inputs are
+    grouped by size and every batch holds one size (:mod:`scorecam_cli.aspect`)."""
     prep = explainer.model.preprocessing
+    resize = explainer.aspect
+    if resize is not None:
+        inputs = grouped_inputs(inputs, resize, decode.images_per_batch)
     for loaded in load_batches(
         inputs,
-        explainer.size,
+        resize or explainer.size,
         prep.mean,
         prep.std,
         decode.images_per_batch,
@@ -109,8 +114,9 @@ def decoded_batches(
                 log.warning("warning: %s", item.warning)
         failures = [Failure(str(i.input.path), i.error) for i in loaded if i.error is not None]
         good = [item for item in loaded if item.tensor is not None]
-        tensors = [item.tensor for item in good if item.tensor is not None]  # (3, H, W) each
-        yield failures, good, torch.stack(tensors) if tensors else None
+        for n, group in enumerate(same_size_groups(good) or [[]]):
+            tensors = [item.tensor for item in group if item.tensor is not None]  # (3, H, W)
+            yield failures if n == 0 else [], group, torch.stack(tensors) if tensors else None
 
 
 def explain_batch(

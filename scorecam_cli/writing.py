@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from scorecam_cli import render
+from scorecam_cli.aspect import input_size_of
 from scorecam_cli.confined import make_folder
 from scorecam_cli.errors import ScoreCamError
 from scorecam_cli.events import NOT_FINITE, Event, Explained, Failure, MapRecord, Skipped
@@ -128,7 +129,8 @@ def write_image(
             paths = output_paths(stem, class_index, explainer.config.method)
             full = render.resize_map(cam, image.shape[:2])  # (H, W) raw float32
             heat = render.heatmap(render.normalise(full), options.colormap)
-            stored = stored_map(cam, full, explainer.size, options.npy_size, options.npy_dtype)
+            seen = input_size_of(item, explainer.size)  # --keep-aspect: the image's own
+            stored = stored_map(cam, full, seen, options.npy_size, options.npy_dtype)
             if options.save_heatmap:
                 render.write_png(paths["heatmap"], heat)
             render.write_png(paths["overlay"], render.overlay(image, heat, options.alpha))

@@ -13,7 +13,13 @@ import click
 from scorecam_cli.choices import METHODS, SCORE_METHODS
 from scorecam_cli.cli.common import Fatal, user_errors
 from scorecam_cli.cli.eval_boxes import eval_localisation, refuse_with_boxes
-from scorecam_cli.cli.options import cam_options, decode_workers, model_options, workers_option
+from scorecam_cli.cli.options import (
+    KEEP_ASPECT_OPTION,
+    cam_options,
+    decode_workers,
+    model_options,
+    workers_option,
+)
 from scorecam_cli.cli.output import emit, emit_rows, progress, protect_stdout, report_failure
 from scorecam_cli.cli.scale import shard_option
 from scorecam_cli.spec import CamConfig, ComputeSpec, ExplainSpec, LayerSpec, ModelSpec
@@ -39,6 +45,7 @@ log = logging.getLogger("scorecam_cli")
     multiple=True,
     help="Judge every image on this class (index or name). Default: its top-1 class.",
 )
+@KEEP_ASPECT_OPTION
 @cam_options
 @click.option(
     "--steps",
@@ -88,6 +95,7 @@ def eval_command(
     input_size: tuple[int, int] | None,
     methods: tuple[str, ...],
     class_names: tuple[str, ...],
+    keep_aspect: bool,
     steps: int,
     sanity: bool,
     record_format: str,
@@ -137,8 +145,9 @@ def eval_command(
     # The explainer's own method decides whether a backend is loaded for the masked passes.
     first = next((m for m in chosen if m in SCORE_METHODS), chosen[0])
     spec = ExplainSpec(
-        model, layer, dataclasses.replace(cam, method=first), compute, input_size, class_names[:1]
-    )
+        model, layer, dataclasses.replace(cam, method=first), compute, input_size,
+        class_names[:1], keep_aspect=keep_aspect,
+    )  # fmt: skip
     with user_errors():
         explainer = build_explainer(spec)
     configs = [dataclasses.replace(explainer.config, method=method) for method in chosen]

@@ -104,6 +104,14 @@ STD_OPTION = click.option(
     metavar="R,G,B",
     help="Normalisation standard deviation, as --mean. Default: the model source's.",
 )
+KEEP_ASPECT_OPTION = click.option(
+    "--keep-aspect",
+    is_flag=True,
+    help="Keep each image's aspect instead of squashing it to the square input size: the short "
+    "side is resized to the input size, the long side follows, rounded to the layer's stride "
+    "and capped at 2x the short side. Batches hold one size. CNNs only: a model that takes "
+    "one size (ViT, timm Swin, an ONNX file) is refused; the masked passes run in PyTorch.",
+)
 HEAD_OPTION = click.option(
     "--head",
     type=click.Choice(HEADS),

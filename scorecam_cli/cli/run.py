@@ -19,6 +19,7 @@ from scorecam_cli.choices import METHODS
 from scorecam_cli.cli.common import Fatal, UsageFailure, user_errors
 from scorecam_cli.cli.escaping import escape_field, is_utf8
 from scorecam_cli.cli.options import (
+    KEEP_ASPECT_OPTION,
     METHOD_HELP,
     cam_options,
     decode_workers,
@@ -57,6 +58,7 @@ log = logging.getLogger("scorecam_cli")
     help="Target class, by index or name (repeatable). Default: the top-1 class.",
 )
 @click.option("-k", "--top-k", type=click.IntRange(1), default=1, help="Explain the top K classes.")
+@KEEP_ASPECT_OPTION
 @cam_options
 @click.option(
     "--format",
@@ -115,6 +117,7 @@ def run(
     method: str,
     class_names: tuple[str, ...],
     top_k: int,
+    keep_aspect: bool,
     record_format: str,
     colormap: str,
     alpha: float,
@@ -166,8 +169,9 @@ def run(
         raise click.UsageError("give either --class or --top-k, not both")
     check_writable(output, scale.run_options()["manifest_name"])
     spec = ExplainSpec(
-        model, layer, replace(cam, method=method), compute, input_size, class_names, top_k
-    )
+        model, layer, replace(cam, method=method), compute, input_size, class_names, top_k,
+        keep_aspect,
+    )  # fmt: skip
     chosen = engine(scale.engine)
     with user_errors():
         explainer = chosen.driver_explainer(spec)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scorecam_cli.aspect import AspectResize, grouped_inputs, same_size_groups
 from scorecam_cli.engines import Cluster, EngineJob
 from scorecam_cli.errors import ScoreCamError
 from scorecam_cli.events import Event, Explained, Failure
@@ -97,6 +98,8 @@ def run(
             yield item
     if not todo:
         return
+    if explainer.aspect is not None:  # batches of one size, as the local engine's
+        todo = list(grouped_inputs(todo, explainer.aspect, options.images_per_batch))
     settings = run_settings(explainer, options)
     device = job.spec.compute.device
     with (
@@ -256,7 +259,7 @@ def _dataset(
     decoded = ray.data.from_items(rows).map(
         _decode_row,
         fn_kwargs={
-            "size": explainer.size,
+            "size": explainer.aspect or explainer.size,  # --keep-aspect: a rule per image
             "mean": tuple(prep.mean),
             "std": tuple(prep.std),
             "cwd": os.getcwd(),
@@ -299,19 +302,21 @@ def _check_room(ray: Any, actors: int, gpus: int) -> None:
 
 def _decode_row(
     row: dict[str, Any],
-    size: tuple[int, int],
+    size: tuple[int, int] | AspectResize,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     cwd: str,
     limits: Limits,
 ) -> dict[str, Any]:
     """One input -> its normalised image (C, H, W) float32 and pixels (H0, W0, 3) uint8, or the
-    reason it could not be read under ``limits`` (then both are placeholders)."""
+    reason it could not be read under ``limits`` (then both are placeholders). ``size`` is the
+    model's input size, or the ``--keep-aspect`` rule that gives it per image."""
     _enter(cwd)
     item = _input_of(row)
     loaded = load_image(int(row["index"]), item, size, mean, std, limits)
     if loaded.tensor is None or loaded.pixels is None:
-        tensor = np.zeros((len(mean), *size), dtype=np.float32)
+        square = size.square if isinstance(size, AspectResize) else size
+        tensor = np.zeros((len(mean), *square), dtype=np.float32)
         pixels = np.zeros((1, 1, 3), dtype=np.uint8)
     else:
         tensor, pixels = loaded.tensor.numpy(), loaded.pixels.numpy()
@@ -351,9 +356,9 @@ class MapActor:
             tensor = torch.from_numpy(np.array(batch["tensor"][n], dtype=np.float32))  # (3, H, W)
             pixels = torch.from_numpy(np.array(batch["pixels"][n], dtype=np.uint8))  # (H0, W0, 3)
             good.append(LoadedImage(int(index), item, tensor, pixels, None))
-        if good:
-            images = torch.stack([g.tensor for g in good if g.tensor is not None])  # (N, 3, H, W)
-            events.extend(explain_batch(self.explainer, good, images, self.options))
+        for group in same_size_groups(good):  # one group unless --keep-aspect
+            images = torch.stack([g.tensor for g in group if g.tensor is not None])  # (N, 3, H, W)
+            events.extend(explain_batch(self.explainer, group, images, self.options))
         out = np.empty(len(events), dtype=object)
         out[:] = [pickle.dumps(event) for event in events]
         return {"event": out}

@@ -13,7 +13,7 @@ import click
 
 from scorecam_cli.cli.common import Fatal, UsageFailure, user_errors
 from scorecam_cli.cli.escaping import escape_line
-from scorecam_cli.cli.output import emit, emit_rows, progress, report_failure
+from scorecam_cli.cli.output import emit, emit_rows, event_reporter, progress
 
 if TYPE_CHECKING:
     from scorecam_cli.cam import CamConfig
@@ -47,7 +47,7 @@ def eval_localisation(
 ) -> NoReturn:
     """Score every method's maps of INPUTS against ``box_file``; print one row per method and
     exit (1 when an input failed or none was scored)."""
-    from scorecam_cli.events import Failure
+    from scorecam_cli.events import RunTally
     from scorecam_cli.images import find_inputs
     from scorecam_cli.localisation_eval import evaluate_localisation, matched_keys, model_boxes
     from scorecam_cli.shards import in_shard
@@ -57,18 +57,10 @@ def eval_localisation(
     for line in boxes.warnings:
         _warn(line)
     used: set[str] = set()
-    failed = seen = 0
+    tally = RunTally()
 
     with progress() as bar:
-
-        def on_event(event: object) -> None:
-            nonlocal failed, seen
-            seen += 1
-            bar.update(1)
-            if isinstance(event, Failure):
-                failed += 1
-                bar.clear()
-                report_failure(event)
+        on_event = event_reporter(bar, tally)
 
         def on_warning(line: str) -> None:
             bar.clear()
@@ -88,7 +80,7 @@ def eval_localisation(
             )
     for line in boxes.unmatched(used):
         _warn(line)
-    if not reports and shard is not None and not seen:  # as run: an empty shard is no error
+    if not reports and shard is not None and not tally.inputs:  # as run: an empty shard is no error
         log.info("no input of %s falls in shard %s", " ".join(inputs), shard)
         ctx.exit(0)
     if not reports:
@@ -99,7 +91,7 @@ def eval_localisation(
             emit(json.dumps(row))
     else:
         emit_rows(rows, csv=record_format == "csv")
-    ctx.exit(1 if failed else 0)
+    ctx.exit(1 if tally.failed else 0)
 
 
 def _row(report: LocalisationReport, tolerance: float) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from scorecam_cli.cli.options import (
     model_options,
     workers_option,
 )
-from scorecam_cli.cli.output import emit, emit_rows, progress, protect_stdout, report_failure
+from scorecam_cli.cli.output import emit, emit_rows, event_reporter, progress, protect_stdout
 from scorecam_cli.cli.scale import shard_option
 from scorecam_cli.spec import CamConfig, ComputeSpec, ExplainSpec, LayerSpec, ModelSpec
 
@@ -130,7 +130,7 @@ def eval_command(
     Box area share: share of the image those boxes cover: the chance level of both.
     """
     from scorecam_cli.evaluation import evaluate_methods
-    from scorecam_cli.events import Failure
+    from scorecam_cli.events import RunTally
     from scorecam_cli.explainer import build_explainer
     from scorecam_cli.images import find_inputs
     from scorecam_cli.models.sources import is_onnx
@@ -164,18 +164,10 @@ def eval_command(
             record_format=record_format,
             decode=decode,
         )
-    failed = seen = 0
+    tally = RunTally()
 
     with progress() as bar:
-
-        def on_event(event: object) -> None:
-            nonlocal failed, seen
-            seen += 1
-            bar.update(1)
-            if isinstance(event, Failure):
-                failed += 1
-                bar.clear()
-                report_failure(event)
+        on_event = event_reporter(bar, tally)
 
         decode = DecodeOptions(image_batch, decode_workers(workers, inputs, image_batch))
         with user_errors():
@@ -188,7 +180,7 @@ def eval_command(
                 decode=decode,
                 on_event=on_event,
             )
-    if not reports and shard is not None and not seen:  # as run: an empty shard is no error
+    if not reports and shard is not None and not tally.inputs:  # as run: an empty shard is no error
         log.info("no input of %s falls in shard %s", " ".join(inputs), shard)
         ctx.exit(0)
     if not reports:
@@ -199,7 +191,7 @@ def eval_command(
             emit(json.dumps({**row, "sanity": _sanity_steps(report)} if sanity else row))
     else:
         emit_rows(rows, csv=record_format == "csv")
-    ctx.exit(1 if failed else 0)
+    ctx.exit(1 if tally.failed else 0)
 
 
 def _report_row(report: Any) -> dict[str, Any]:

@@ -6,16 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import click
 
 from scorecam_cli.cli.escaping import escape_line
-
-if TYPE_CHECKING:
-    from scorecam_cli.events import Failure
+from scorecam_cli.events import Event, Failure, RunTally
 
 log = logging.getLogger("scorecam_cli")
 _records: IO[bytes] | None = None  # stdout's own file once protect_stdout() moved fd 1 aside
@@ -80,6 +78,20 @@ def report_failure(failure: Failure) -> None:
     reason = failure.reason
     text = reason if reason.startswith(failure.input) else f"{failure.input}: {reason}"
     click.echo(f"scorecam: error: {escape_line(text)}", err=True)
+
+
+def event_reporter(bar: Any, tally: RunTally) -> Callable[[Event], None]:
+    """``on_event`` for a command's events: counted in ``tally``, a tick of the progress ``bar``
+    each, and a failure's one line on stderr."""
+
+    def on_event(event: Event) -> None:
+        bar.update(1)
+        tally.add(event)
+        if isinstance(event, Failure):
+            bar.clear()
+            report_failure(event)
+
+    return on_event
 
 
 @contextmanager

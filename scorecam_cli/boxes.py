@@ -25,13 +25,13 @@ import io
 import math
 import os
 import re
-import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from xml.etree import ElementTree
 
 from scorecam_cli.errors import BadBoxFile
+from scorecam_cli.file_limits import NotRegularFile, TooLarge, read_regular
 from scorecam_cli.safe_xml import BadXml, parse_xml
 
 COLUMNS = ("image", "class", "x0", "y0", "x1", "y1")
@@ -407,19 +407,15 @@ def _read_text(path: Path, limit: int) -> str:
 def _read_bytes(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes, opened without blocking."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        data = read_regular(path, limit)
+    except NotRegularFile:
+        raise BadBoxFile(f"{path}: not a regular file") from None
+    except TooLarge:
+        raise BadBoxFile(
+            f"{path}: over the limit of {limit / 2**20:,.0f} MB for a box file"
+        ) from None
     except OSError as error:
         raise BadBoxFile(f"{path}: cannot read ({error.strerror or error})") from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BadBoxFile(f"{path}: not a regular file")
-        try:
-            data = file.read(limit + 1)
-        except OSError as error:
-            raise BadBoxFile(f"{path}: cannot read ({error.strerror or error})") from None
-    if len(data) > limit:
-        raise BadBoxFile(f"{path}: over the limit of {limit / 2**20:,.0f} MB for a box file")
     if not data:
         raise BadBoxFile(f"{path}: empty file")
     return data

@@ -76,6 +76,29 @@ def open_regular(path: Path, follow_symlinks: bool = True) -> tuple[BinaryIO, in
     return os.fdopen(fd, "rb"), info.st_size
 
 
+class TooLarge(OSError):
+    """A file over the size limit; ``size`` is its size when the file system told it, else None
+    (it grew past the limit while read)."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(errno.EFBIG, "over the size limit")
+        self.size = size
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """The bytes of regular file ``path``, at most ``limit`` of them (:func:`open_regular`: never
+    a FIFO, device or socket, never blocking). Raises NotRegularFile, TooLarge, or the OSError of
+    the open or the read; callers turn them into their own one-line errors."""
+    file, size = open_regular(Path(path))
+    with file:
+        if size > limit:
+            raise TooLarge(size)
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(None)
+    return data
+
+
 def read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; ImageRead otherwise.
 
@@ -83,27 +106,20 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:
     FIFO, a device (``/dev/zero``) or a socket named as an input fails at once.
     """
     try:
-        file, size = open_regular(path)
+        data = read_regular(path, limit)
     except FileNotFoundError:
         raise ImageRead(f"{path}: no such file") from None
     except NotRegularFile as error:
         if error.errno == errno.EISDIR:
             raise ImageRead(f"{path}: is a folder, not an image file") from None
         raise ImageRead(f"{path}: not a regular file ({error.strerror})") from None
+    except TooLarge as error:
+        size = "" if error.size is None else f"{error.size / 2**20:,.1f} MB, "
+        raise ImageRead(
+            f"{path}: {size}over the limit of {limit / 2**20:,.0f} MB (--max-file-mb)"
+        ) from None
     except OSError as error:
         raise ImageRead(f"{path}: cannot read ({error.strerror or error})") from None
-    with file:
-        if size > limit:
-            raise ImageRead(
-                f"{path}: {size / 2**20:,.1f} MB, over the limit of "
-                f"{limit / 2**20:,.0f} MB (--max-file-mb)"
-            )
-        try:
-            data = file.read(limit + 1)
-        except OSError as error:
-            raise ImageRead(f"{path}: cannot read ({error.strerror or error})") from None
-    if len(data) > limit:
-        raise ImageRead(f"{path}: over the limit of {limit / 2**20:,.0f} MB (--max-file-mb)")
     if not data:
         raise ImageRead(f"{path}: empty file")
     return data

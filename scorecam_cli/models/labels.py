@@ -11,11 +11,10 @@ MAX_NAME characters. Every problem is one line naming the file
 from __future__ import annotations
 
 import json
-import os
-import stat
 from pathlib import Path
 
 from scorecam_cli.errors import BadLabels
+from scorecam_cli.file_limits import NotRegularFile, TooLarge, read_regular
 
 MAX_BYTES = 8 * 2**20  # 8 MB: ample for any class list (ImageNet-21k's names are 0.4 MB)
 MAX_NAME = 500
@@ -46,22 +45,15 @@ def check_count(path: str, names: list[str], classes: int, binary: bool) -> None
 def _read_text(path: str) -> str:
     """The text of regular file ``path`` (at most MAX_BYTES), opened without blocking."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        data = read_regular(path, MAX_BYTES)
+    except NotRegularFile:  # a folder, FIFO or device: never read
+        raise BadLabels(f"--labels {path}: not a regular file") from None
+    except TooLarge:
+        raise BadLabels(
+            f"--labels {path}: over {MAX_BYTES // 2**20} MB; not a labels file"
+        ) from None
     except OSError as error:
         raise BadLabels(f"--labels {path}: cannot read ({error.strerror or error})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):  # a folder, FIFO or device: never read
-        os.close(fd)
-        raise BadLabels(f"--labels {path}: not a regular file")
-    with os.fdopen(fd, "rb") as file:
-        if info.st_size > MAX_BYTES:
-            raise BadLabels(f"--labels {path}: over {MAX_BYTES // 2**20} MB; not a labels file")
-        try:
-            data = file.read(MAX_BYTES + 1)
-        except OSError as error:
-            raise BadLabels(f"--labels {path}: cannot read ({error.strerror or error})") from None
-    if len(data) > MAX_BYTES:
-        raise BadLabels(f"--labels {path}: over {MAX_BYTES // 2**20} MB; not a labels file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -224,7 +224,9 @@ def test_repeated_ctrl_c_reports_every_map_written(tmp_path: Path) -> None:
     for _ in range(3):  # Ctrl-C, and again, and again, while maps are being written
         child.send_signal(signal.SIGINT)
     rest, err = child.communicate(timeout=300)
-    assert child.returncode == 130, err
+    # 130 when the Ctrl-C came before the last map (always, in practice: 11 big maps were left);
+    # 0 only on a machine so fast that the run had ended: either way every map is reported.
+    assert child.returncode in (130, 0), err
     lines = records(first + rest)
     written = sorted(str(p).replace(".npy", ".overlay.png") for p in out.glob("*.npy"))
     assert sorted(lines) == written and errors(err) == []

@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 # keeps on disk; pyproject.toml itself asks only for ranges. Override for another machine.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-# Every optional extra the tests exercise: backends (fast), Ray, timm; bench adds the peers.
-EXTRAS ?= dev,fast,ray,timm
+# Every optional extra the tests exercise: backends (fast), Ray, timm, Hugging Face folders (hf);
+# bench adds the peers.
+EXTRAS ?= dev,fast,ray,timm,hf
 
 .PHONY: install system-packages install-bench test lint bench bench-full bench-report bench-vit \
 	cuda-wheels cuda-check cuda-check-dry bench-localisation demo clean

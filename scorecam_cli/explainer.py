@@ -221,13 +221,14 @@ def native_size_hint(loaded: LoadedModel) -> Iterator[None]:
 
 
 def model_head(loaded: LoadedModel, asked: str) -> Head | None:
-    """The head ``asked`` (auto, softmax, sigmoid) of a model whose outputs the dry run found
-    (None: unknown), with its ``--labels`` checked against its classes."""
+    """The head ``asked`` (auto, softmax, sigmoid; auto: the one the model's source says, if
+    any) of a model whose outputs the dry run found (None: unknown), with its class names
+    checked against its classes."""
     from scorecam_cli.models.labels import check_count
 
     if loaded.num_classes is None:
         return None
-    head = Head.of(asked, loaded.num_classes)
+    head = Head.of(loaded.head if asked == "auto" else asked, loaded.num_classes)
     if loaded.labels is not None and loaded.categories is not None:
         check_count(loaded.labels, loaded.categories, head.classes, head.binary)
     return head

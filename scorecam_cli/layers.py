@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from scorecam_cli.errors import BadInputSize, ScoreCamError, UnknownLayer, first_line
-from scorecam_cli.layouts import TOKENS, Layout, LayoutTracker, forced_layout, token_hints
+from scorecam_cli.layouts import (
+    TOKENS,
+    Layout,
+    LayoutTracker,
+    forced_layout,
+    mean_pooled,
+    token_hints,
+)
 
 _POOLS = (
     nn.AvgPool2d,
@@ -201,15 +208,21 @@ def pick_default(infos: list[LayerInfo], model: nn.Module) -> LayerInfo:
     """The default layer by rule: the last block output of the backbone before global pooling.
 
     Maps: the last map call that is no pooling, no no-op and not in the classifier head (calls
-    finish outer-last, so a block's output wins over its inner branches). Token sequences (ViT):
-    the last token output that finishes before the last attention call starts, i.e. the last
-    block's first norm (``ln_1``), the tokens the class token attends to.
+    finish outer-last, so a block's output wins over its inner branches). Token sequences read
+    by a class token (ViT, DeiT, BEiT without mean pooling): the last token output that finishes
+    before the last attention call starts, i.e. the last block's first norm (``ln_1``,
+    ``layernorm_before``), the tokens the class token attends to. Tokens without prefix tokens
+    or mean-pooled into the head (Swin) are maps like any other: the last one.
     """
     candidates = [info for info in infos if info.is_map and not info.role]
     if not candidates:
         raise UnknownLayer("the model has no layer whose output the tool can read as maps")
-    tokens = [info for info in candidates if info.layout and info.layout.kind == TOKENS]
-    if tokens:
+    tokens = [
+        info
+        for info in candidates
+        if info.layout and info.layout.kind == TOKENS and info.layout.prefix > 0
+    ]
+    if tokens and not mean_pooled(model):
         modules = dict(model.named_modules())
         starts = [i.start for i in infos if is_attention(modules[i.ref.name])]
         before = [i for i in tokens if starts and i.end < max(starts)]

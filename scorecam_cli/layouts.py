@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 
 NCHW, NHWC, TOKENS = "nchw", "nhwc", "tokens"
+_PREPENDED = frozenset({"cls_token", "distillation_token", "register_tokens"})
+_GRID_SCALES = (1, 2, 4, 8, 16, 32)  # hierarchical transformers (Swin) halve the grid per stage
 _WINDOWS = "windows"  # MaxViT's partitioned windows (N, G, P, C): no map layout
 _NCHW_TYPES = (
     nn.Conv2d,
@@ -92,14 +94,20 @@ class TokenHints:
 
 
 def token_hints(model: nn.Module, prefix_tokens: int | None = None) -> TokenHints:
-    """Patch size and prefix tokens of a ViT-like ``model`` (torchvision or timm), if it has them.
+    """Patch size and prefix tokens of a ViT-like ``model`` (torchvision, timm or Hugging Face),
+    if it has them.
 
-    ``prefix_tokens`` (the ``--prefix-tokens`` option) overrides the model's own count.
+    ``prefix_tokens`` (the ``--prefix-tokens`` option) overrides the model's own count. A
+    Hugging Face model states its patch size in its ``config``; its prefix tokens are the token
+    parameters its embeddings prepend (class, distillation and register tokens).
     """
     patch: object = getattr(model, "patch_size", None)
     embed = getattr(model, "patch_embed", None)
     if patch is None and embed is not None:
         patch = getattr(embed, "patch_size", None)
+    config = getattr(model, "config", None)
+    if patch is None and config is not None:
+        patch = getattr(config, "patch_size", None)
     pair = _pair(patch)
     prefix = prefix_tokens
     if prefix is None:
@@ -108,7 +116,28 @@ def token_hints(model: nn.Module, prefix_tokens: int | None = None) -> TokenHint
             prefix = count
         elif isinstance(getattr(model, "class_token", None), nn.Parameter):
             prefix = 1  # torchvision VisionTransformer: one class token, no others
+        elif config is not None and pair is not None:
+            prefix = _prepended_tokens(model)
     return TokenHints(pair, prefix)
+
+
+def _prepended_tokens(model: nn.Module) -> int:
+    """Tokens a Hugging Face model's embeddings prepend: its (1, T, C) token parameters."""
+    count = 0
+    for name, param in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in _PREPENDED and param.ndim == 3:
+            count += int(param.shape[1])
+    return count
+
+
+def mean_pooled(model: nn.Module) -> bool:
+    """Whether a ViT-like ``model`` pools its patch tokens into the head (timm's
+    ``global_pool='avg'``, Hugging Face's ``use_mean_pooling``) instead of reading a class
+    token."""
+    config = getattr(model, "config", None)
+    return getattr(model, "global_pool", None) == "avg" or bool(
+        getattr(config, "use_mean_pooling", False)
+    )
 
 
 def _pair(value: object) -> tuple[int, int] | None:
@@ -142,13 +171,19 @@ def fits(kind: str, shape: Sequence[int], input_size: tuple[int, int]) -> bool:
 def token_layout(
     shape: Sequence[int], input_size: tuple[int, int], hints: TokenHints
 ) -> Layout | None:
-    """The tokens layout of a 3-D ``shape`` (1, P + h*w, C), or None when it is not one."""
+    """The tokens layout of a 3-D ``shape`` (1, P + h*w, C), or None when it is not one.
+
+    The grid is the input over the patch size, or over a multiple of it (patch merging of
+    hierarchical transformers: 2x, 4x...); at most one such grid has h*w tokens.
+    """
     if len(shape) != 3 or hints.patch is None or hints.prefix is None:
         return None
-    grid = (input_size[0] // hints.patch[0], input_size[1] // hints.patch[1])
-    if shape[1] != hints.prefix + grid[0] * grid[1]:
-        return None
-    return Layout(TOKENS, hints.prefix, grid)
+    for scale in _GRID_SCALES:
+        stride = (hints.patch[0] * scale, hints.patch[1] * scale)
+        grid = (input_size[0] // stride[0], input_size[1] // stride[1])
+        if min(grid) >= 1 and shape[1] == hints.prefix + grid[0] * grid[1]:
+            return Layout(TOKENS, hints.prefix, grid)
+    return None
 
 
 def forced_layout(

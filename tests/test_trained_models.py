@@ -8,7 +8,9 @@ through the CLI with no factory code (issues 18 and 19): each map must point at 
 - the 4-class model exported to ONNX (dynamo, dynamic batch) and explained as ``--model FILE.onnx``:
   its maps equal the torch model's;
 - a tiny torchvision ``VisionTransformer``: no registry architecture is that small, so it is the
-  factory ``synthetic:vit64`` with ``--weights CKPT``.
+  factory ``synthetic:vit64`` with ``--weights CKPT``;
+- a Hugging Face ResNet saved with ``save_pretrained`` (class names and preprocessing in the
+  folder) and explained as ``--model DIR`` with nothing else said.
 
 Everything is trained once per session, seeded, on one thread.
 """
@@ -313,3 +315,52 @@ def test_the_trained_model_as_onnx_points_at_each_object_and_equals_torch(
         assert pearson >= 0.999, (key, pearson)
         print(f"scene {key[0]}: Pearson {pearson:.6f} against torch")
         assert record["probability"] == pytest.approx(torch_records[key]["probability"], abs=1e-4)
+
+
+# -- Issue 19: a trained model saved as a Hugging Face folder, explained from the folder alone ----
+
+
+class Logits(nn.Module):
+    """A Hugging Face classifier returning its logits tensor, for training."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).logits  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def hf_resnet_folder(folder: Path, one_thread: None) -> Path:
+    """A Hugging Face ResNet (basic blocks) trained on the 4-class task, saved with
+    ``save_pretrained`` with its class names (``id2label``) and an image processor holding the
+    task's normalisation and size: the folder is all the CLI is given."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.ResNetConfig(
+        embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+        layer_type="basic", id2label=dict(enumerate(CLASS_NAMES)),
+    )  # fmt: skip
+    model = transformers.ResNetForImageClassification(config)
+    training = train(Logits(model), ONE_OBJECT, 60, lr=3e-3, batch_size=16, objective=SINGLE_LABEL)
+    assert training.accuracy >= 0.98, training
+    path = folder / "hf-resnet"
+    model.save_pretrained(path)
+    processor = transformers.ViTImageProcessor(
+        image_mean=[MEAN] * 3, image_std=[STD] * 3, size={"height": SIZE, "width": SIZE}
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+def test_a_trained_hf_folder_points_at_each_object(
+    hf_resnet_folder: Path, one_object_scenes: Scenes, folder: Path
+) -> None:
+    # no --labels, --mean, --std or --input-size: the folder says them; its first stage is 12 x 12
+    layer = "resnet.encoder.stages.0"
+    records = explain(folder / "one", folder / "out-hf", "--model", hf_resnet_folder,
+                      "--layer", layer)  # fmt: skip
+    assert_each_points_at_its_object(records, one_object_scenes)
+    assert {r["layer"] for r in records.values()} == {layer}

@@ -40,9 +40,11 @@ def models(pattern: str | None, weights: str | None) -> None:
     """List the model names --model takes (PATTERN: a substring or a glob; 'timm:GLOB' lists
     timm's models, e.g. 'timm:convnext*').
 
-    --model also takes paths: FILE.onnx or onnx:FILE, an ONNX file explained in ONNX Runtime
-    without PyTorch model code (Score-CAM methods only; extra 'fast'), and
-    package.module:NAME for a model of your own."""
+    --model also takes paths: a model folder (DIR, hf:DIR: a Hugging Face save_pretrained
+    folder, extra 'hf'; timm:DIR: a timm save_for_hf folder), with its class names and
+    preprocessing; FILE.onnx or onnx:FILE, an ONNX file explained in ONNX Runtime without
+    PyTorch model code (Score-CAM methods only; extra 'fast'); and package.module:NAME for a
+    model of your own."""
     from scorecam_cli.heads import Head
     from scorecam_cli.models import available_models, checkpoint_fits
 
@@ -62,7 +64,7 @@ def models(pattern: str | None, weights: str | None) -> None:
 
 
 @click.command()
-@click.argument("model", default="efficientnet_lite0", metavar="MODEL|FILE.onnx")
+@click.argument("model", default="efficientnet_lite0", metavar="MODEL|DIR|FILE.onnx")
 @click.option(
     "--input-size",
     default=None,

@@ -133,8 +133,10 @@ model_options = option_group(
             help="A torchvision classification model, the embedded efficientnet_lite0, "
             "timm:NAME (extra 'timm'), package.module:NAME: a function or nn.Module class "
             "defined in that module, called without arguments, that gives an nn.Module (nothing "
-            "else is ever called), or an ONNX file: FILE.onnx or onnx:FILE (run in ONNX Runtime, "
-            "Score-CAM methods only; extra 'fast').",
+            "else is ever called), a model folder with its class names and preprocessing: DIR "
+            "or hf:DIR (Hugging Face save_pretrained; extra 'hf'), timm:DIR (timm save_for_hf), "
+            "or an ONNX file: FILE.onnx or onnx:FILE (run in ONNX Runtime, Score-CAM methods "
+            "only; extra 'fast').",
         ),
         click.option(
             "-w",
@@ -144,7 +146,7 @@ model_options = option_group(
             help="DEFAULT, a torchvision weights name (e.g. IMAGENET1K_V2), none (random init) "
             "or a checkpoint file (.pth/.pt/.ckpt/.bin or .safetensors; a registry model is "
             "built to fit its head and stem). Named weights are read from the torch hub cache "
-            "(timm: the Hugging Face cache).",
+            "(timm: the Hugging Face cache); a model folder's DEFAULT is its own weights.",
         ),
         LABELS_OPTION,
         MEAN_OPTION,

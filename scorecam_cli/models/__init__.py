@@ -1,6 +1,8 @@
 """Models by name, one source each behind :func:`load_model`: torchvision's registry, the embedded
-offline default, ``package.module:factory``, ``timm:NAME`` and ONNX files (``FILE.onnx``,
-``onnx:FILE``); :mod:`scorecam_cli.models.sources` is the one parser of those names.
+offline default, ``package.module:factory``, ``timm:NAME``, model folders (Hugging Face
+``save_pretrained`` and timm ``save_for_hf`` folders: ``DIR``, ``hf:DIR``, ``timm:DIR``) and ONNX
+files (``FILE.onnx``, ``onnx:FILE``); :mod:`scorecam_cli.models.sources` is the one parser of
+those names.
 
 Weights never come from the network at run time unless torchvision can fetch them: named weights are
 read from the torch hub cache (timm: the Hugging Face cache), a ``PATH`` is a state dict loaded with
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
+from scorecam_cli.errors import UnknownModel
 from scorecam_cli.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,7 +35,16 @@ from scorecam_cli.models.checkpoints import (
 )
 from scorecam_cli.models.overrides import describe, overlay
 from scorecam_cli.models.seeding import seeded
-from scorecam_cli.models.sources import EMBEDDED, MODULE, ONNX, TIMM, parse_source
+from scorecam_cli.models.sources import (
+    EMBEDDED,
+    FOLDER,
+    FOLDERS,
+    MODULE,
+    ONNX,
+    TIMM,
+    TIMM_FOLDER,
+    parse_source,
+)
 from scorecam_cli.models.torchvision_source import weights_cache_path
 from scorecam_cli.spec import EMBEDDED_MODEL, ModelSpec
 
@@ -118,7 +131,8 @@ def load_model(
 
     ``name`` is a torchvision classification model, ``efficientnet_lite0`` (embedded),
     ``timm:NAME``, or ``package.module:factory`` for a function or nn.Module class of that module
-    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`), or an ONNX file
+    returning an ``nn.Module`` (see :mod:`scorecam_cli.models.custom`), a model folder (``DIR``,
+    ``hf:DIR``, ``timm:DIR``: :mod:`scorecam_cli.models.folders`), or an ONNX file
     (``FILE.onnx`` or ``onnx:FILE``; its runtime is its graph, not a torch module: see
     :mod:`scorecam_cli.models.onnx_source`). A checkpoint PATH of a
     registry architecture builds it to fit (:mod:`scorecam_cli.models.checkpoints`). Then, for
@@ -133,6 +147,8 @@ def load_model(
         from scorecam_cli.models.onnx_source import load_onnx
 
         loaded = load_onnx(source.target, spec)
+    elif source.kind in FOLDERS:
+        loaded = _load_folder(source.kind, source.target, spec)
     elif source.kind == EMBEDDED:
         from scorecam_cli.models.embedded import load_embedded
 
@@ -152,3 +168,26 @@ def load_model(
     if source.kind != ONNX:
         reduce_to_logits(loaded.torch_module()).eval()
     return overlay(loaded, labels, mean, std)
+
+
+def _load_folder(kind: str, target: str, weights: str) -> LoadedModel:
+    """The model in folder ``target`` (``kind``: hf-folder, timm-folder, or folder: as its
+    config.json says), with ``weights`` DEFAULT (the folder's), none or a PATH; named by its
+    absolute path in records, manifests and reports."""
+    from pathlib import Path
+
+    from scorecam_cli.models.folders import folder_kind
+
+    folder = Path(target).expanduser()
+    if not folder.is_dir():
+        raise UnknownModel(f"{target}: no such model folder (a model name, a folder or FILE.onnx)")
+    kind = folder_kind(folder) if kind == FOLDER else kind
+    if kind == TIMM_FOLDER:
+        from scorecam_cli.models.timm_folder import load_timm_folder
+
+        loaded = load_timm_folder(folder, weights)
+    else:
+        from scorecam_cli.models.hf_folder import load_hf_folder
+
+        loaded = load_hf_folder(folder, weights)
+    return replace(loaded, name=str(folder.resolve()))

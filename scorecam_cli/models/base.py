@@ -44,6 +44,8 @@ class LoadedModel:
     it is built for (ViT, MaxViT: 224; timm: its data config). ``num_classes`` is C of its
     (N, C) logits once known (the explainer's dry run), else None. ``labels`` is the
     ``--labels`` file the class names came from (None: the source's own names, or none).
+    ``head`` is the head the source says its outputs have (``auto``: none said; a multi-label
+    Hugging Face folder: ``sigmoid``); ``--head`` overrides it.
     """
 
     name: str
@@ -53,6 +55,7 @@ class LoadedModel:
     weights: str
     num_classes: int | None = None
     labels: str | None = None
+    head: str = "auto"
 
     def class_name(self, index: int) -> str | None:
         """The class name of output ``index``, or None when the model has no names."""

@@ -23,15 +23,25 @@ MAX_NAME = 500
 def read_labels(path: str) -> list[str]:
     """The class names in file ``path``, index by index."""
     text = _read_text(path)
-    names = _json_names(path, text) if Path(path).suffix.lower() == ".json" else _lines(text)
+    where = f"--labels {path}"
+    if Path(path).suffix.lower() == ".json":
+        return class_names(_json(where, text), where)
+    return class_names(_lines(text), where)
+
+
+def class_names(data: object, where: str) -> list[str]:
+    """Checked class names of ``data``: a list of names (index = position) or an object whose
+    keys are exactly the indices 0..N-1 (a labels file, a model folder's ``id2label``); every
+    problem is one BadLabels line starting with ``where``."""
+    names = _by_index(data, where)
     if not names:
-        raise BadLabels(f"--labels {path}: holds no class names")
+        raise BadLabels(f"{where}: holds no class names")
     for index, name in enumerate(names):
         if not name.strip():
-            raise BadLabels(f"--labels {path}: the name of class {index} is empty")
+            raise BadLabels(f"{where}: the name of class {index} is empty")
         if len(name) > MAX_NAME or not name.isprintable():
             what = "longer than 500 characters" if len(name) > MAX_NAME else "not printable"
-            raise BadLabels(f"--labels {path}: the name of class {index} is {what}")
+            raise BadLabels(f"{where}: the name of class {index} is {what}")
     return [name.strip() for name in names]
 
 
@@ -67,28 +77,31 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-def _json_names(path: str, text: str) -> list[str]:
-    """Names from a JSON list, or from an object whose keys are the indices 0..N-1."""
+def _json(where: str, text: str) -> object:
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError) as error:
-        raise BadLabels(f"--labels {path}: not valid JSON ({error})") from None
+        raise BadLabels(f"{where}: not valid JSON ({error})") from None
+
+
+def _by_index(data: object, where: str) -> list[str]:
+    """Names from a list, or from an object whose keys are the indices 0..N-1."""
     if isinstance(data, dict):
         by_index = {}
         for key, name in data.items():
-            if not key.strip().isdigit() or int(key) in by_index:
-                raise BadLabels(f"--labels {path}: key {key!r} is no class index, or twice")
-            by_index[int(key)] = name
+            text = str(key)
+            if not text.strip().isdigit() or int(text) in by_index:
+                raise BadLabels(f"{where}: key {text!r} is no class index, or twice")
+            by_index[int(text)] = name
         if sorted(by_index) != list(range(len(by_index))):
             missing = min(set(range(len(by_index))) - set(by_index))
-            raise BadLabels(f"--labels {path}: the indices skip {missing}; give 0 to N-1")
+            raise BadLabels(f"{where}: the indices skip {missing}; give 0 to N-1")
         data = [by_index[index] for index in range(len(by_index))]
     if not isinstance(data, list):
-        raise BadLabels(f"--labels {path}: a JSON {type(data).__name__}; give a list or object")
+        raise BadLabels(f"{where}: a JSON {type(data).__name__}; give a list or object")
     for index, name in enumerate(data):
         if not isinstance(name, str):
             raise BadLabels(
-                f"--labels {path}: the name of class {index} is a {type(name).__name__}, "
-                "not a string"
+                f"{where}: the name of class {index} is a {type(name).__name__}, not a string"
             )
     return list(data)

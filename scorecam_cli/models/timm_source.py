@@ -21,7 +21,8 @@ PREFIX = "timm:"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _timm() -> ModuleType:
+def timm_package() -> ModuleType:
+    """The timm package, or one line saying how to install it."""
     try:
         import timm
     except ImportError:
@@ -34,13 +35,13 @@ def _timm() -> ModuleType:
 def timm_names(pattern: str) -> list[str]:
     """``timm:NAME`` for every timm model whose name matches the glob ``pattern``."""
     glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
-    names: list[str] = _timm().list_models()
+    names: list[str] = timm_package().list_models()
     return [PREFIX + name for name in names if fnmatch.fnmatch(name, glob)]
 
 
 def load_timm(name: str, spec: str) -> LoadedModel:
     """timm model ``name`` (without the prefix) with weights ``spec``: DEFAULT, none or a PATH."""
-    timm = _timm()
+    timm = timm_package()
     if not timm.is_model(name):
         import difflib
 
@@ -55,7 +56,7 @@ def load_timm(name: str, spec: str) -> LoadedModel:
         module = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
         label, categories = (
             f"DEFAULT ({module.pretrained_cfg.get('tag') or 'timm'})",
-            _names(module),
+            imagenet_names_of(module),
         )
     elif spec == "none":
         module = timm.create_model(name, pretrained=False)
@@ -64,7 +65,7 @@ def load_timm(name: str, spec: str) -> LoadedModel:
             raise WeightsError(f"a timm model takes --weights DEFAULT, none or PATH, not {spec!r}")
         build = fitted_builder(name)
         module, _ = fit_architecture(PREFIX + name, build, read_state_dict(spec), spec)
-        label, categories = spec, _names(module)
+        label, categories = spec, imagenet_names_of(module)
     config = timm.data.resolve_model_data_config(module)
     _, height, width = config["input_size"]
     mean = tuple(float(v) for v in config["mean"])
@@ -76,7 +77,7 @@ def load_timm(name: str, spec: str) -> LoadedModel:
 def fitted_builder(name: str) -> Build:
     """timm's builder of ``name`` (without the prefix) for a checkpoint's Fit: ``num_classes``
     and ``in_chans``."""
-    timm = _timm()
+    timm = timm_package()
 
     def build(fit: Fit) -> nn.Module:
         sizes = {"num_classes": fit.num_classes, "in_chans": fit.in_chans}
@@ -110,6 +111,6 @@ def _cached_weights_file(name: str, cfg: Any) -> str:
     )
 
 
-def _names(module: Any) -> list[str] | None:
+def imagenet_names_of(module: Any) -> list[str] | None:
     """ImageNet-1k class names for a 1000-class model (timm uses torchvision's order)."""
     return imagenet_categories() if getattr(module, "num_classes", None) == 1000 else None

@@ -14,8 +14,10 @@ norms and pools are NCHW; torchvision's ``Permute`` permutes it; MaxViT's window
 the map layout; timm modules state their ``output_fmt``). A 4-D output fits a layout when its
 spatial sides follow the input's aspect ratio; the state decides when both fit; a shape that fits
 only the other layout moves the state there (a permute inside some module's ``forward``). Token
-grids come from the model's patch size and the input size, the prefix count from the model
-(torchvision ViT: 1 class token; timm: ``num_prefix_tokens``) or ``--prefix-tokens``.
+grids come from the model's patch size and the input size (or a power-of-two multiple of the
+patch: the stages of a hierarchical transformer), the prefix count from the model (torchvision
+ViT: 1 class token; timm: ``num_prefix_tokens``; Hugging Face: the token parameters its
+embeddings prepend) or ``--prefix-tokens``.
 """
 
 from __future__ import annotations

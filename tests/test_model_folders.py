@@ -258,6 +258,11 @@ def test_a_timm_folder_gives_label_names_and_its_input_size(folders: Path) -> No
     with torch.no_grad():
         torch.testing.assert_close(explainer.logits(batch), model(batch))  # the folder's weights
     assert_maps_equal_the_reference(explainer, batch)
+    from scorecam_cli.errors import UnknownModel
+    from scorecam_cli.models import load_model
+
+    with pytest.raises(UnknownModel, match=r"a timm folder.*timm:DIR"):
+        load_model(f"hf:{folder}")  # said to be Hugging Face's: the hint names the right form
 
 
 # -- through the CLI: records, and folders that must be refused in one line ---------------------

@@ -60,7 +60,9 @@ def load_hf_folder(folder: Path, weights: str) -> LoadedModel:
     """The image classifier saved in ``folder`` with ``weights``: DEFAULT (the folder's), none
     (random, from its config) or a PATH (a state dict of the same architecture)."""
     transformers = _transformers()
-    read_json(folder / CONFIG)  # a bounded read first: a config.json that is no JSON object fails
+    raw = read_json(folder / CONFIG)  # bounded first: a config.json that is no JSON object fails
+    if "model_type" not in raw and isinstance(raw.get("architecture"), str):
+        raise UnknownModel(f"{folder}: a timm folder (its config.json has no model_type): timm:DIR")
     with _quiet(transformers):
         config = _config(transformers, folder)
         architecture = _architecture(transformers, config, folder)

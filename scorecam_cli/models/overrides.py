@@ -77,7 +77,7 @@ def describe(loaded: LoadedModel, head: Head | None) -> str:
     names = (
         f"names from {loaded.labels}"
         if loaded.labels
-        else ("the weights' class names" if loaded.categories else "no class names (--labels)")
+        else ("the model's own class names" if loaded.categories else "no class names (--labels)")
     )
     channels = "1 input channel (grayscale)" if prep.channels == 1 else "3 input channels (RGB)"
     size = "x".join(str(v) for v in prep.input_size)

@@ -31,7 +31,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from xml.etree import ElementTree
 
 from scorecam_cli.errors import BadBoxFile
-from scorecam_cli.file_limits import NotRegularFile, TooLarge, read_regular
+from scorecam_cli.file_limits import read_or_fail
 from scorecam_cli.safe_xml import BadXml, parse_xml
 
 COLUMNS = ("image", "class", "x0", "y0", "x1", "y1")
@@ -406,16 +406,8 @@ def _read_text(path: Path, limit: int) -> str:
 
 def _read_bytes(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes, opened without blocking."""
-    try:
-        data = read_regular(path, limit)
-    except NotRegularFile:
-        raise BadBoxFile(f"{path}: not a regular file") from None
-    except TooLarge:
-        raise BadBoxFile(
-            f"{path}: over the limit of {limit / 2**20:,.0f} MB for a box file"
-        ) from None
-    except OSError as error:
-        raise BadBoxFile(f"{path}: cannot read ({error.strerror or error})") from None
+    too_large = f"over the limit of {limit / 2**20:,.0f} MB for a box file"
+    data = read_or_fail(path, limit, BadBoxFile, str(path), too_large)
     if not data:
         raise BadBoxFile(f"{path}: empty file")
     return data

@@ -10,7 +10,7 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +97,22 @@ def read_regular(path: Path | str, limit: int) -> bytes:
     if len(data) > limit:
         raise TooLarge(None)
     return data
+
+
+def read_or_fail(
+    path: Path | str, limit: int, fail: Callable[[str], Exception], where: str, too_large: str
+) -> bytes:
+    """:func:`read_regular`, its errors raised as one ``fail(line)`` starting with ``where``:
+    ``not a regular file``, ``too_large`` (the caller's words for a file over ``limit``), or
+    ``cannot read (...)``."""
+    try:
+        return read_regular(path, limit)
+    except NotRegularFile:  # a folder, FIFO or device: never read
+        raise fail(f"{where}: not a regular file") from None
+    except TooLarge:
+        raise fail(f"{where}: {too_large}") from None
+    except OSError as error:
+        raise fail(f"{where}: cannot read ({error.strerror or error})") from None
 
 
 def read_bytes(path: Path, limit: int = DEFAULT_LIMITS.max_file_bytes) -> bytes:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny seeded models that run in milliseconds on a CPU.
+"""Shared fixtures: tiny seeded models that run in milliseconds on a CPU, one intra-op thread
+for a module, and the synthetic task's CNN trained once per session.
 
 ``pytest --device cuda`` puts the core's fixtures (``tiny_net``, ``tiny_images``) on that device
 instead (benchmarks/cuda_check.sh runs tests/test_cam.py and tests/test_constant_channels.py so).
@@ -7,6 +8,8 @@ instead (benchmarks/cuda_check.sh runs tests/test_cam.py and tests/test_constant
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -78,3 +81,37 @@ def tiny_net(device: torch.device) -> TinyNet:
 def tiny_images(device: torch.device) -> torch.Tensor:
     """Three seeded images (3, 3, 64, 64), on the session's --device."""
     return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(device)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` meanwhile, restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module: many tiny forward passes and training run faster on a
+    busy 2-core machine (threads wait on each other), with seeded, repeatable results."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def trained_cnn() -> tuple[nn.Module, object]:
+    """The synthetic task's CNN and its task (synthetic.SyntheticTask), trained once per session
+    (150 steps, seconds on one thread)."""
+    from synthetic import FAMILIES, SyntheticTask, train
+
+    task = SyntheticTask()
+    with torch_threads(1):
+        torch.manual_seed(0)
+        model = FAMILIES["cnn"].build(task.classes, task.size)
+        training = train(model, task, steps=150, lr=3e-3, batch_size=16)
+    assert training.accuracy > 0.95, training
+    return model, task

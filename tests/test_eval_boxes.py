@@ -14,7 +14,7 @@ import cv2
 import pytest
 import torch
 from hostile import TINY, cli, errors, images
-from synthetic import CLASS_NAMES, FAMILIES, MEAN, STD, SmallCnn, SyntheticTask, train
+from synthetic import CLASS_NAMES, MEAN, STD, SmallCnn, SyntheticTask
 
 SCALE = 2  # the PNGs are the scenes upscaled: maps must reach the original size to meet boxes
 SCENES = 8
@@ -27,18 +27,13 @@ def synthetic_cnn() -> SmallCnn:
 
 
 @pytest.fixture(scope="session")
-def task_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Trained once per session: the checkpoint, the labels, the scenes as PNGs (upscaled x2)
-    and their boxes as CSV rows by class name (one per object)."""
+def task_run(
+    tmp_path_factory: pytest.TempPathFactory, trained_cnn: tuple[torch.nn.Module, SyntheticTask]
+) -> dict[str, Path]:
+    """The session's trained CNN (conftest) saved: the checkpoint, the labels, the scenes as PNGs
+    (upscaled x2) and their boxes as CSV rows by class name (one per object)."""
     root = tmp_path_factory.mktemp("synthetic")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    task = SyntheticTask()
-    torch.manual_seed(0)
-    model = FAMILIES["cnn"].build(task.classes, task.size)
-    training = train(model, task, steps=150, lr=3e-3, batch_size=16)
-    torch.set_num_threads(threads)
-    assert training.accuracy > 0.95, training
+    model, task = trained_cnn
     torch.save(model.state_dict(), root / "cnn.pth")
     (root / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n", encoding="utf-8")
 

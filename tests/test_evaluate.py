@@ -28,15 +28,7 @@ from scorecam_cli.faithfulness import (
 )
 from scorecam_cli.sanity import merge_sanity, randomisation_order, sanity_check, spearman
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many tiny forward passes: on a busy 2-core machine, intra-op threads wait on each other
-    (about 20 ms per op); one thread runs these tests many times faster, with the same results."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sigmoid(x: float) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic import CLASS_NAMES, FAMILIES, SyntheticTask, train
+from synthetic import CLASS_NAMES, SyntheticTask
 
 from scorecam_cli import boxes as box_files
 from scorecam_cli.boxes import Box, BoxSet, by_class, fit_boxes, read_boxes
@@ -28,13 +28,7 @@ from scorecam_cli.models.base import imagenet_categories
 LABELS = ["cat", "Dog", "bird"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small forward passes: one intra-op thread is faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write(path: Path, text: str) -> Path:
@@ -390,20 +384,6 @@ def test_synthetic_scenes_are_seeded_with_tight_separate_boxes():
             assert (
                 colour[0].any() and colour[-1].any() and colour[:, 0].any() and colour[:, -1].any()
             )
-
-
-@pytest.fixture(scope="session")
-def trained_cnn() -> tuple[torch.nn.Module, SyntheticTask]:
-    """The synthetic task's CNN, trained once per session (150 steps, seconds on one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    task = SyntheticTask()
-    torch.manual_seed(0)
-    model = FAMILIES["cnn"].build(task.classes, task.size)
-    training = train(model, task, steps=150, lr=3e-3, batch_size=16)
-    torch.set_num_threads(threads)
-    assert training.accuracy > 0.95, training
-    return model, task
 
 
 def test_scorecam_of_a_trained_cnn_points_at_each_class_own_object(

@@ -18,7 +18,6 @@ Everything is trained once per session, seeded, on one thread.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,15 +67,6 @@ class Trained:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("trained")
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """Training and exporting on one intra-op thread: seeded results, a busy machine spared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def trained(

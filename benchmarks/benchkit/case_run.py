@@ -97,13 +97,7 @@ def _case_json(
 ) -> dict[str, Any]:
     size = (case.size, case.size)
     out: dict[str, Any] = {
-        "model": case.model_name,
-        "layer": case.layer_label,
-        "image": case.image.name,
-        "input_size": case.size,
-        "target_class": case.target,
-        "channels": k,
-        "nonconstant_channels": k_varying,
+        **case.record(k, k_varying),
         "plain_forward_ms_per_image_by_backend_and_batch_size": {
             name: {str(b): 1000 * v for b, v in probe.items()} for name, probe in probes.items()
         },

@@ -74,6 +74,19 @@ class Case:
     def name(self) -> str:
         return f"{self.model_name}@{self.size} {self.image.name}"
 
+    def record(self, channels: int, nonconstant: int) -> dict[str, Any]:
+        """What every result of this case starts with: model, layer, image, size, class and
+        the layer's ``channels``, ``nonconstant`` of them needing a pass."""
+        return {
+            "model": self.model_name,
+            "layer": self.layer_label,
+            "image": self.image.name,
+            "input_size": self.size,
+            "target_class": self.target,
+            "channels": channels,
+            "nonconstant_channels": nonconstant,
+        }
+
 
 def build_model(
     name: str, device: torch.device, input_size: int = 224

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from benchkit.agreement import agreement, to_input_size
 from benchkit.cases import Case, check_wrapper, nonconstant_channels
-from benchkit.cuda_plan import Deadline, Part, Plan, load_case, log, tf32_off
+from benchkit.cuda_plan import Deadline, Part, Plan, load_case, log, run_cases, tf32_off
 from benchkit.ours import available_backends, case_backends, run_ours
 from benchkit.peers import PEERS, RUNNERS
 from benchkit.timing import Tool, measure_all, timed
@@ -79,13 +79,7 @@ def compare_case(case: Case, plan: Plan, peers: list[str]) -> dict[str, Any]:
     fp32 = ours_tools["fp32"]
     reference = to_input_size(fp32.output.maps[0, 0], size)
     out: dict[str, Any] = {
-        "model": case.model_name,
-        "layer": case.layer_label,
-        "image": case.image.name,
-        "input_size": case.size,
-        "target_class": case.target,
-        "channels": k,
-        "nonconstant_channels": k_varying,
+        **case.record(k, k_varying),
         "ours": {},
         "peers": {},
         "peer_errors": peer_errors,
@@ -135,17 +129,8 @@ def run(plan: Plan, part: Part, deadline: Deadline) -> None:
         log(f"  {name}: not importable, not timed ({why})")
     backends = available_backends(plan.device)
     part.save(cases=[], peers_missing=missing, backends_available=backends, skipped=[])
-    for name, size in plan.models:
-        if deadline.left() < MIN_SECONDS_FOR_A_CASE:
-            part.data["skipped"].append(f"{name}@{size}: budget spent")
-            log(f"  {name}@{size}: skipped, {deadline.left():.0f} s of the budget left")
-            continue
-        try:
-            part.data["cases"].append(compare_case(load_case(name, size, plan.device), plan, peers))
-        except Exception as exc:  # recorded; the next case still runs
-            part.data["skipped"].append(f"{name}@{size}: failed: {type(exc).__name__}: {exc}")
-            log(f"  {name}@{size} failed: {type(exc).__name__}: {exc}")
-        part.save(seconds=deadline.elapsed())
-        if plan.device.type == "cuda":
-            torch.cuda.empty_cache()
-    part.save(complete=True, seconds=deadline.elapsed())
+
+    def measure(name: str, size: int) -> dict[str, Any]:
+        return compare_case(load_case(name, size, plan.device), plan, peers)
+
+    run_cases(plan, part, deadline, MIN_SECONDS_FOR_A_CASE, measure)

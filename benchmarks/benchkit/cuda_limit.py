@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from benchkit.cuda_plan import Deadline, Part, Plan, load_case, log, read_part
+from benchkit.cuda_plan import Deadline, Part, Plan, SkipCase, load_case, log, read_part, run_cases
 from benchkit.limit import best_plain_batch_size, run_limit
 from benchkit.timing import timed
 
@@ -68,19 +68,10 @@ def run(plan: Plan, part: Part, deadline: Deadline) -> None:
     compared = read_part(part.path.parent, "compare") or {}
     by_model = {c["model"]: c for c in compared.get("cases", [])}
     part.save(cases=[], skipped=[])
-    for name, size in plan.models:
+
+    def measure(name: str, size: int) -> dict[str, Any]:
         if name not in by_model:
-            part.data["skipped"].append(f"{name}@{size}: not in step 2's results")
-            continue
-        if deadline.left() < MIN_SECONDS_FOR_A_CASE:
-            part.data["skipped"].append(f"{name}@{size}: budget spent")
-            continue
-        try:
-            part.data["cases"].append(limit_case(name, size, by_model[name], plan))
-        except Exception as exc:  # recorded; the next case still runs
-            part.data["skipped"].append(f"{name}@{size}: failed: {type(exc).__name__}: {exc}")
-            log(f"  {name}@{size} failed: {type(exc).__name__}: {exc}")
-        part.save(seconds=deadline.elapsed())
-        if plan.device.type == "cuda":
-            torch.cuda.empty_cache()
-    part.save(complete=True, seconds=deadline.elapsed())
+            raise SkipCase("not in step 2's results")
+        return limit_case(name, size, by_model[name], plan)
+
+    run_cases(plan, part, deadline, MIN_SECONDS_FOR_A_CASE, measure)

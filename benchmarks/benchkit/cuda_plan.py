@@ -17,7 +17,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,6 +110,39 @@ class Part:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(to_json(self.data))
         os.replace(tmp, self.path)
+
+
+class SkipCase(Exception):
+    """A case that is not measured, for the reason given (recorded in the part's ``skipped``)."""
+
+
+def run_cases(
+    plan: Plan,
+    part: Part,
+    deadline: Deadline,
+    min_seconds: float,
+    measure: Callable[[str, int], dict[str, Any]],
+) -> None:
+    """``measure(name, size)`` for each of the plan's models while ``min_seconds`` of the budget
+    are left: each result appended to the part's ``cases``; a spent budget, a SkipCase or a
+    failure recorded in its ``skipped`` (the next case still runs); the part saved after each
+    case, and marked complete at the end."""
+    for name, size in plan.models:
+        if deadline.left() < min_seconds:
+            part.data["skipped"].append(f"{name}@{size}: budget spent")
+            log(f"  {name}@{size}: skipped, {deadline.left():.0f} s of the budget left")
+            continue
+        try:
+            part.data["cases"].append(measure(name, size))
+        except SkipCase as skip:
+            part.data["skipped"].append(f"{name}@{size}: {skip}")
+        except Exception as exc:  # recorded; the next case still runs
+            part.data["skipped"].append(f"{name}@{size}: failed: {type(exc).__name__}: {exc}")
+            log(f"  {name}@{size} failed: {type(exc).__name__}: {exc}")
+        part.save(seconds=deadline.elapsed())
+        if plan.device.type == "cuda":
+            torch.cuda.empty_cache()
+    part.save(complete=True, seconds=deadline.elapsed())
 
 
 def to_json(data: Any) -> str:

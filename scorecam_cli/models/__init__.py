@@ -176,18 +176,19 @@ def _load_folder(kind: str, target: str, weights: str) -> LoadedModel:
     absolute path in records, manifests and reports."""
     from pathlib import Path
 
-    from scorecam_cli.models.folders import folder_kind
+    from scorecam_cli.models.folders import CONFIG, folder_kind, read_json
 
     folder = Path(target).expanduser()
     if not folder.is_dir():
         raise UnknownModel(f"{target}: no such model folder (a model name, a folder or FILE.onnx)")
-    kind = folder_kind(folder) if kind == FOLDER else kind
+    config = read_json(folder / CONFIG)  # once, bounded: the loaders take it as read
+    kind = folder_kind(folder, config) if kind == FOLDER else kind
     if kind == TIMM_FOLDER:
         from scorecam_cli.models.timm_folder import load_timm_folder
 
-        loaded = load_timm_folder(folder, weights)
+        loaded = load_timm_folder(folder, weights, config)
     else:
         from scorecam_cli.models.hf_folder import load_hf_folder
 
-        loaded = load_hf_folder(folder, weights)
+        loaded = load_hf_folder(folder, weights, config)
     return replace(loaded, name=str(folder.resolve()))

@@ -10,10 +10,11 @@ one line naming the folder or the file (:class:`~scorecam_cli.errors.UnknownMode
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from scorecam_cli.errors import BadModelFile, UnknownModel
-from scorecam_cli.file_limits import NotRegularFile, TooLarge, read_regular
+from scorecam_cli.file_limits import read_or_fail
 from scorecam_cli.models.sources import HF_FOLDER, TIMM_FOLDER
 
 CONFIG = "config.json"
@@ -21,9 +22,8 @@ MAX_JSON_BYTES = 16 * 2**20  # a config with 21k class names is under 1 MB
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
 
 
-def folder_kind(folder: Path) -> str:
-    """hf-folder or timm-folder, from the keys of ``folder/config.json``."""
-    config = read_json(folder / CONFIG)
+def folder_kind(folder: Path, config: dict[str, object]) -> str:
+    """hf-folder or timm-folder, from the keys of ``config`` (the folder's config.json)."""
     if isinstance(config.get("architecture"), str):
         return TIMM_FOLDER
     if isinstance(config.get("model_type"), str):
@@ -37,17 +37,10 @@ def folder_kind(folder: Path) -> str:
 def read_json(path: Path) -> dict[str, object]:
     """The JSON object in regular file ``path`` (at most MAX_JSON_BYTES), or one line saying why
     not."""
-    try:
-        data = read_regular(path, MAX_JSON_BYTES)
-    except FileNotFoundError:
-        raise UnknownModel(f"{path.parent}: no {path.name}: not a model folder") from None
-    except NotRegularFile:
-        raise UnknownModel(f"{path}: not a regular file") from None
-    except TooLarge:
-        limit = MAX_JSON_BYTES // 2**20
-        raise UnknownModel(f"{path}: over {limit} MB; not a model config") from None
-    except OSError as error:
-        raise UnknownModel(f"{path}: cannot read ({error.strerror or error})") from None
+    if not os.path.lexists(path):
+        raise UnknownModel(f"{path.parent}: no {path.name}: not a model folder")
+    too_large = f"over {MAX_JSON_BYTES // 2**20} MB; not a model config"
+    data = read_or_fail(path, MAX_JSON_BYTES, UnknownModel, str(path), too_large)
     try:
         parsed = json.loads(data.decode("utf-8-sig"))
     except (ValueError, RecursionError) as error:

@@ -1,8 +1,9 @@
 """Hugging Face ``save_pretrained`` folders as a source (the optional extra ``scorecam-cli[hf]``).
 
 transformers is imported only here and only when a folder is asked for; it never reaches the hub
-(``local_files_only``) and never runs code from a folder (``trust_remote_code=False``: a folder
-whose config asks for its own code is refused). From the folder:
+(``local_files_only``) and never runs code from a folder (the config is one of transformers' own
+config classes, filled from the bounded read of ``config.json``; ``trust_remote_code=False``
+everywhere: a folder that needs its own code is refused). From the folder:
 
 - ``config.json``: the architecture (its ``architectures[0]`` when transformers has that image
   classifier, e.g. ``DeiTForImageClassificationWithTeacher``, else the image classifier of its
@@ -56,15 +57,15 @@ def _transformers() -> ModuleType:
     return transformers
 
 
-def load_hf_folder(folder: Path, weights: str) -> LoadedModel:
+def load_hf_folder(folder: Path, weights: str, raw: dict[str, object]) -> LoadedModel:
     """The image classifier saved in ``folder`` with ``weights``: DEFAULT (the folder's), none
-    (random, from its config) or a PATH (a state dict of the same architecture)."""
+    (random, from its config) or a PATH (a state dict of the same architecture); ``raw`` is its
+    ``config.json`` as read (:func:`~scorecam_cli.models.folders.read_json`)."""
     transformers = _transformers()
-    raw = read_json(folder / CONFIG)  # bounded first: a config.json that is no JSON object fails
     if "model_type" not in raw and isinstance(raw.get("architecture"), str):
         raise UnknownModel(f"{folder}: a timm folder (its config.json has no model_type): timm:DIR")
     with _quiet(transformers):
-        config = _config(transformers, folder)
+        config = _config(transformers, folder, raw)
         architecture = _architecture(transformers, config, folder)
         if weights == "DEFAULT":
             module, label = _pretrained(architecture, folder, config), f"DEFAULT ({folder})"
@@ -93,13 +94,19 @@ def _quiet(transformers: ModuleType) -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def _config(transformers: ModuleType, folder: Path) -> Any:
-    try:
-        return transformers.AutoConfig.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False
+def _config(transformers: ModuleType, folder: Path, raw: dict[str, object]) -> Any:
+    """The config class of ``raw``'s ``model_type`` among transformers' own (never a folder's
+    code), filled from ``raw``."""
+    where = folder / CONFIG
+    model_type = raw.get("model_type")
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise UnknownModel(
+            f"{where}: model_type {model_type!r} is not one transformers knows "
+            "(a folder's own model code is never run)"
         )
-    except Exception as exc:  # an unknown model_type, remote code asked for, a bad field
-        where = folder / CONFIG
+    try:
+        return transformers.CONFIG_MAPPING[model_type].from_dict(dict(raw))
+    except Exception as exc:  # a field the config class cannot take
         raise UnknownModel(f"{where}: transformers cannot read it: {_line(exc)}") from None
 
 
@@ -165,7 +172,7 @@ def _preprocessing(transformers: ModuleType, folder: Path, config: Any) -> Prepr
             folder, PROCESSOR, *fallback,
         )  # fmt: skip
         return Preprocessing(fallback, IMAGENET_MEAN, IMAGENET_STD)
-    read_json(folder / PROCESSOR)
+    read_json(folder / PROCESSOR)  # a regular file under the limit: then transformers parses it
     try:
         processor = transformers.AutoImageProcessor.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from scorecam_cli.errors import BadLabels
-from scorecam_cli.file_limits import NotRegularFile, TooLarge, read_regular
+from scorecam_cli.file_limits import read_or_fail
 
 MAX_BYTES = 8 * 2**20  # 8 MB: ample for any class list (ImageNet-21k's names are 0.4 MB)
 MAX_NAME = 500
@@ -54,16 +54,8 @@ def check_count(path: str, names: list[str], classes: int, binary: bool) -> None
 
 def _read_text(path: str) -> str:
     """The text of regular file ``path`` (at most MAX_BYTES), opened without blocking."""
-    try:
-        data = read_regular(path, MAX_BYTES)
-    except NotRegularFile:  # a folder, FIFO or device: never read
-        raise BadLabels(f"--labels {path}: not a regular file") from None
-    except TooLarge:
-        raise BadLabels(
-            f"--labels {path}: over {MAX_BYTES // 2**20} MB; not a labels file"
-        ) from None
-    except OSError as error:
-        raise BadLabels(f"--labels {path}: cannot read ({error.strerror or error})") from None
+    too_large = f"over {MAX_BYTES // 2**20} MB; not a labels file"
+    data = read_or_fail(path, MAX_BYTES, BadLabels, f"--labels {path}", too_large)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

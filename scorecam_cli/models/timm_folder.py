@@ -15,18 +15,18 @@ from pathlib import Path
 from scorecam_cli.errors import BadModelFile, UnknownModel, WeightsError, first_line
 from scorecam_cli.models.base import LoadedModel, Preprocessing
 from scorecam_cli.models.checkpoints import load_checked, load_state_dict_file, read_state_dict
-from scorecam_cli.models.folders import CONFIG, read_json, weights_file
+from scorecam_cli.models.folders import CONFIG, weights_file
 from scorecam_cli.models.labels import class_names
 from scorecam_cli.models.timm_source import imagenet_names_of, timm_package
 
 LOCAL_DIR = "local-dir:"  # timm's own prefix for a folder in this layout
 
 
-def load_timm_folder(folder: Path, weights: str) -> LoadedModel:
+def load_timm_folder(folder: Path, weights: str, config: dict[str, object]) -> LoadedModel:
     """The timm model saved in ``folder`` with ``weights``: DEFAULT (the folder's), none or a
-    PATH (a state dict of the same architecture)."""
+    PATH (a state dict of the same architecture); ``config`` is its ``config.json`` as read
+    (:func:`~scorecam_cli.models.folders.read_json`; timm reads it again to build the model)."""
     timm = timm_package()
-    config = read_json(folder / CONFIG)
     architecture = config.get("architecture")
     if not isinstance(architecture, str) or not timm.is_model(architecture):
         close = difflib.get_close_matches(str(architecture), timm.list_models(), n=3, cutoff=0.6)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -48,6 +50,20 @@ class CopiedImage(Generic[D]):
     tensor: np.ndarray | None  # (3, H, W) float32
     pixels: np.ndarray | None  # (H0, W0, 3) uint8
     reason: str  # why shared memory could not take them
+
+
+def quiet_worker_threads() -> None:
+    """In a decoding worker: no tracebacks from its helper threads. Torch hands tensors over by
+    file descriptor, served by multiprocessing's resource-sharer thread, which prints a traceback
+    through ``sys.excepthook`` when the main process drops a connection (it stops the workers on
+    Ctrl-C, at the end or on a failure). Whatever fails in a worker reaches the main process
+    anyway (a failed image, a dead worker), which says it in one line."""
+
+    def unprinted(*_args: object) -> None:
+        return None
+
+    sys.excepthook = unprinted
+    threading.excepthook = unprinted
 
 
 def for_handover(loaded: D) -> D | CopiedImage[D]:

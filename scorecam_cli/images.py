@@ -33,7 +33,7 @@ from scorecam_cli.file_limits import (
     header_pixels,
     image_bytes,
 )
-from scorecam_cli.handover import CopiedImage, for_handover, receiver
+from scorecam_cli.handover import CopiedImage, for_handover, quiet_worker_threads, receiver
 
 # OpenCV logs its own warnings and errors to stderr; we report failures ourselves, in one line.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -453,3 +453,4 @@ def _init_worker(worker_id: int) -> None:
     They ignore Ctrl-C: the main process decides how the run ends, and stops them."""
     cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_worker_threads()

@@ -143,6 +143,33 @@ def _children(pid: int) -> list[int]:
 # ---------------------------------------------------------------- 4, 13: Ctrl-C and a closed stdout
 
 
+WORKER_THREADS = """
+import sys, threading
+if sys.argv[1] == "quiet":
+    from scorecam_cli.handover import quiet_worker_threads
+    quiet_worker_threads()
+thread = threading.Thread(target=lambda: 1 / 0)
+thread.start()
+thread.join()
+try:  # what multiprocessing's resource sharer does when the main process drops a connection
+    raise ConnectionResetError(104, "Connection reset by peer")
+except OSError:
+    sys.excepthook(*sys.exc_info())
+print("done")
+"""
+
+
+def test_a_decoding_worker_prints_no_traceback_from_its_threads():
+    """Ctrl-C stops the decoding workers while torch's fd handover may be mid-handshake: the
+    worker's resource-sharer thread must not print a traceback on the run's stderr."""
+    for mode, traceback in (("plain", True), ("quiet", False)):
+        done = subprocess.run([sys.executable, "-c", WORKER_THREADS, mode], capture_output=True,
+                              env=child_env(), timeout=60)  # fmt: skip
+        assert done.returncode == 0 and done.stdout == b"done\n", done
+        assert (b"Traceback" in done.stderr) is traceback, done.stderr
+        assert traceback or done.stderr == b""
+
+
 def test_4_13_ctrl_c_reports_every_map_written_and_exits_130(tmp_path):
     images(tmp_path / "in", 30)
     out = tmp_path / "out"
